@@ -1,0 +1,60 @@
+## tests/: unit tests (cmocka) run by `make check`; the integration suites
+## (tests/integration, pytest) run from tests/run-all.sh
+
+# test-only modules for the loader tests (shared objects, never installed)
+MG_TESTMOD_LDFLAGS = -module -avoid-version -shared -rpath /nowhere \
+	$(MG_SAN_LDFLAGS)
+check_LTLIBRARIES += tests/modules/good.la tests/modules/badabi.la \
+	tests/modules/badsig.la tests/modules/nosym.la tests/modules/misnamed.la
+tests_modules_good_la_SOURCES = tests/modules/loader_good.c
+tests_modules_good_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+tests_modules_badabi_la_SOURCES = tests/modules/loader_badabi.c
+tests_modules_badabi_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+tests_modules_badsig_la_SOURCES = tests/modules/loader_badsig.c
+tests_modules_badsig_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+tests_modules_nosym_la_SOURCES = tests/modules/loader_nosym.c
+tests_modules_nosym_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+tests_modules_misnamed_la_SOURCES = tests/modules/loader_misnamed.c
+tests_modules_misnamed_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+
+if HAVE_CMOCKA
+MG_UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(OPENSSL_CFLAGS) \
+	$(LIBCONFIG_CFLAGS)
+MG_UNIT_LDADD = libmgcore.la $(CMOCKA_LIBS)
+
+MG_UNIT_TESTS = tests/unit/test_buf tests/unit/test_netaddr \
+	tests/unit/test_proxyv2 tests/unit/test_cfg tests/unit/test_loader \
+	tests/unit/test_hooks tests/unit/test_workers
+check_PROGRAMS += $(MG_UNIT_TESTS)
+TESTS += $(MG_UNIT_TESTS)
+AM_TESTS_ENVIRONMENT = \
+	MG_TEST_MODULES='$(abs_top_builddir)/tests/modules/.libs'; \
+	MG_TEST_SRCDIR='$(abs_top_srcdir)/tests'; \
+	export MG_TEST_MODULES MG_TEST_SRCDIR;
+
+tests_unit_test_buf_SOURCES = tests/unit/test_buf.c
+tests_unit_test_buf_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_buf_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_netaddr_SOURCES = tests/unit/test_netaddr.c
+tests_unit_test_netaddr_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_netaddr_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_proxyv2_SOURCES = tests/unit/test_proxyv2.c
+tests_unit_test_proxyv2_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_proxyv2_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_cfg_SOURCES = tests/unit/test_cfg.c
+tests_unit_test_cfg_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_cfg_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_loader_SOURCES = tests/unit/test_loader.c
+tests_unit_test_loader_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_loader_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_hooks_SOURCES = tests/unit/test_hooks.c
+tests_unit_test_hooks_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_hooks_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_workers_SOURCES = tests/unit/test_workers.c
+tests_unit_test_workers_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_workers_LDADD = $(MG_UNIT_LDADD)
+endif
+
+EXTRA_DIST += tests/run-all.sh tests/unit/data \
+	tests/modules/Makefile.ext tests/modules/testline.c \
+	tests/integration
