@@ -324,6 +324,11 @@ void mg_listeners_start(struct mg_generation *gen);
 void mg_listeners_stop(struct mg_generation *gen);
 /** Close the sockets not taken over by a newer generation. */
 void mg_listeners_close(struct mg_generation *gen);
+/** The switch to gen is final: sockets it took over now belong to it. */
+void mg_listeners_commit(struct mg_generation *gen,
+                         struct mg_generation *old);
+/** Close what is still open and free the listeners. */
+void mg_listeners_free(struct mg_generation *gen);
 
 /* Connection counting across all generations (limits). */
 /** Account a new conn; MG_DECLINED when a limit is reached. */
@@ -351,6 +356,8 @@ void mg_conns_shutdown(struct mg_generation *gen);
 /** Close every conn at once (final exit). */
 void mg_conns_close_all(void);
 unsigned mg_conns_count(void);
+/** The generation a conn belongs to (its settings and hooks). */
+struct mg_generation *mg_conn_generation(const struct mg_conn *c);
 
 /* ---------------------------------------------------------- outbound.c */
 
@@ -398,11 +405,19 @@ void mg_generation_unref(struct mg_generation *gen);
 void mg_generation_discard(struct mg_generation *gen);
 /** The current (newest started) generation, or NULL. */
 struct mg_generation *mg_generation_current(void);
+/** Call fn for every started generation not yet released. */
+void mg_generation_each(void (*fn)(struct mg_generation *gen, void *arg),
+                        void *arg);
 
 /* --------------------------------------------------------------- api.c */
 
 /** The API table given to modules (one per process). */
 const struct mg_core_api *mg_core_api_get(void);
+/** The generation being configured (its settings answer the getters),
+ * or NULL when configuring is over. */
+void mg_api_building(struct mg_generation *gen);
+/** Cancel the timers modules left behind (at exit). */
+void mg_api_timers_free(void);
 uint64_t mg_now_ms(void);
 
 /* ------------------------------------------------------------ daemon.c */

@@ -59,6 +59,7 @@ enum mg_setting_type {
     MG_SET_STRING, /**< one of `choices` when choices is not NULL */
     MG_SET_STRINGS, /**< a list ( ) or array [ ] of strings */
     MG_SET_GROUP,  /**< a { } group the module checks itself */
+    MG_SET_LIST,   /**< a list ( ) of groups the module checks itself */
 };
 
 /**
@@ -122,11 +123,13 @@ enum mg_conn_event {
     MG_CONN_READABLE = 1, /**< new input is buffered */
     MG_CONN_DRAINED,      /**< write queue fell below the low-water mark */
     MG_CONN_TLS_READY,    /**< starttls() finished; input was reset */
-    MG_CONN_TIMEOUT,      /**< idle or total timeout; the module replies and
-                             closes (the core closes if it does not) */
-    MG_CONN_EOF,          /**< peer closed; buffered input may remain */
-    MG_CONN_ERROR,        /**< I/O or TLS error; the conn is closing */
-    MG_CONN_CONNECTED,    /**< outbound: connected (and TLS done if implicit) */
+    /* The three below are final: the module may write a last reply (it is
+     * flushed, briefly), must free its session, and the conn closes when
+     * the handler returns, whether or not it called close(). */
+    MG_CONN_TIMEOUT, /**< idle or total timeout */
+    MG_CONN_EOF,     /**< peer closed its side */
+    MG_CONN_ERROR,   /**< I/O or TLS error, a protocol violation the core
+                        caught (an HTTP request line), or a forced close */
 };
 
 typedef void (*mg_conn_fn)(struct mg_conn *c, enum mg_conn_event ev,
@@ -220,7 +223,7 @@ struct mg_conn_api {
 struct mg_connect_spec {
     const char *host; /**< name or IP literal (no brackets) */
     int port;
-    enum mg_tls_mode tls; /**< IMPLICIT: handshake before CONNECTED;
+    enum mg_tls_mode tls; /**< IMPLICIT: handshake before `done`;
                              STARTTLS: the module calls starttls() */
     const char *ca_file;  /**< extra trust anchors (PEM) or NULL */
     uint32_t connect_timeout_ms; /**< DNS + TCP + TLS, 0 = 30 s */
