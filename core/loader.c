@@ -164,7 +164,7 @@ mg_module_load(const char *name, const char *path, const char *module_dir,
     }
     free(owned);
 
-    snprintf(sym, sizeof(sym), "mg_module_%s", name);
+    (void)snprintf(sym, sizeof(sym), "mg_module_%s", name);
     mod = dlsym(handle, sym);
     if (mod == NULL) {
         *error_r = mg_error("%s is not a mailgate module '%s' (no symbol %s)",
@@ -175,9 +175,11 @@ mg_module_load(const char *name, const char *path, const char *module_dir,
         return NULL;
     }
     if (mg_module_check(mod, name, error_r) != MG_OK) {
-        /* Left open and not cached: its code may not match our ABI, so
-         * running its destructors in dlclose is riskier than a mapping
-         * that is never used. A retry fails the same way. */
+        *error_r = mg_error("%s: %s", resolved, *error_r);
+        /* Closed like the no-symbol case: only its descriptor was read.
+         * Keeping it mapped would make a reload after a rebuild find the
+         * stale copy (dlopen matches by path) instead of the fixed file. */
+        dlclose(handle);
         return NULL;
     }
 

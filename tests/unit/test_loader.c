@@ -154,10 +154,11 @@ test_badabi(void **state)
     (void)state;
     assert_null(mg_module_load("badabi", NULL, loader_dir, &err));
     assert_non_null(err);
-    snprintf(want, sizeof(want), "built for ABI %d", MG_ABI_VERSION + 1);
+    (void)snprintf(want, sizeof(want), "built for ABI %d", MG_ABI_VERSION + 1);
     assert_non_null(strstr(err, want));
-    snprintf(want, sizeof(want), "speaks %d", MG_ABI_VERSION);
+    (void)snprintf(want, sizeof(want), "speaks %d", MG_ABI_VERSION);
     assert_non_null(strstr(err, want));
+    assert_non_null(strstr(err, "badabi.so: "));
     /* refused again, not cached as usable */
     err = NULL;
     assert_null(mg_module_load("badabi", NULL, loader_dir, &err));
@@ -223,6 +224,30 @@ test_missing(void **state)
 }
 
 static void
+test_not_elf(void **state)
+{
+    char tmpl[] = "/tmp/mg-loader-XXXXXX";
+    const char *err = NULL;
+    char *junk;
+    FILE *f;
+
+    (void)state;
+    assert_non_null(mkdtemp(tmpl));
+    junk = mg_xasprintf("%s/junk.so", tmpl);
+    f = fopen(junk, "w");
+    assert_non_null(f);
+    (void)fputs("not a shared object\n", f);
+    assert_int_equal(fclose(f), 0);
+    assert_null(mg_module_load("junk", NULL, tmpl, &err));
+    assert_non_null(strstr(err, "cannot load module 'junk' from "));
+    assert_non_null(strstr(err, "junk.so"));
+    assert_non_null(strstr(err, "is it installed in"));
+    unlink(junk);
+    rmdir(tmpl);
+    free(junk);
+}
+
+static void
 test_bad_names(void **state)
 {
     const char *err = NULL;
@@ -267,6 +292,7 @@ main(void)
         cmocka_unit_test_setup(test_nosym, setup),
         cmocka_unit_test_setup(test_misnamed, setup),
         cmocka_unit_test_setup(test_missing, setup),
+        cmocka_unit_test_setup(test_not_elf, setup),
         cmocka_unit_test_setup(test_bad_names, setup),
         cmocka_unit_test_setup(test_check_pure, setup),
     };
@@ -274,7 +300,8 @@ main(void)
 
     loader_dir = getenv("MG_TEST_MODULES");
     if (loader_dir == NULL || loader_dir[0] == '\0') {
-        fprintf(stderr, "MG_TEST_MODULES is not set (run via make check)\n");
+        (void)fprintf(stderr,
+                      "MG_TEST_MODULES is not set (run via make check)\n");
         return 77; /* automake: skipped */
     }
     rc = cmocka_run_group_tests(tests, NULL, NULL);
