@@ -93,7 +93,8 @@ mg_hooks_free(struct mg_hooks *h)
 
     if (h == NULL)
         return;
-    /* parked runs are dropped without done: their sessions are gone */
+    /* parked runs are dropped without done: their sessions are gone.
+     * Not to be called from inside a handler of h. */
     for (r = h->runs; r != NULL; r = next) {
         next = r->next;
         free(r);
