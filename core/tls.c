@@ -54,14 +54,20 @@ tls_errors(void)
         char one[256];
         int n;
 
-        if (reason == NULL) {
+        if (ERR_SYSTEM_ERROR(e)) {
+            lib = NULL;
+            reason = strerror(ERR_GET_REASON(e));
+        } else if (ERR_GET_REASON(e) == ERR_R_SYS_LIB) {
+            continue; /* "system lib": the errno entry said it */
+        } else if (reason == NULL) {
             snprintf(one, sizeof(one), "error %#lx", e);
             reason = one;
         }
-        n = snprintf(text + used, sizeof(text) - used, "%s%s%s%s%s%s",
+        if (!(flags & ERR_TXT_STRING))
+            data = "";
+        n = snprintf(text + used, sizeof(text) - used, "%s%s%s%s%s%s%s",
                      used ? "; " : "", lib ? lib : "", lib ? ": " : "", reason,
-                     (flags & ERR_TXT_STRING) && *data ? " " : "",
-                     (flags & ERR_TXT_STRING) ? data : "");
+                     *data ? " (" : "", data, *data ? ")" : "");
         if (n < 0 || (size_t)n >= sizeof(text) - used)
             used = sizeof(text) - 1;
         else
