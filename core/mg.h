@@ -280,6 +280,10 @@ int mg_tls_client_setup(SSL *ssl, const char *host, const char **error_r);
 extern int mg_tls_conn_index;
 /** "subject, not after" of the context's certificate, for logs. */
 const char *mg_tls_ctx_describe(SSL_CTX *ctx);
+/** Provided by conn.c: the ALPN protocol ids ("smtp", …; NULL-terminated)
+ * a server conn accepts, or NULL for none. The ALPN callback refuses a
+ * client that offers ALPN but none of these (ALPACA). */
+const char *const *mg_conn_alpn_list(const struct mg_conn *c);
 
 /* ---------------------------------------------------------- listener.c */
 
