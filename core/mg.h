@@ -198,6 +198,9 @@ int mg_cfg_check_group(const config_setting_t *group,
                        const char **error_r);
 /** "file:line" of a setting (or of the group when name is NULL). */
 const char *mg_cfg_where(const config_setting_t *group, const char *name);
+/** Dotted path of a setting, list elements as [i]:
+ * "modules.[1].listen.[0].port" (rotating static buffer, like mg_error). */
+const char *mg_cfg_path(const config_setting_t *s);
 bool mg_cfg_bool(const config_setting_t *g, const char *name, bool def);
 int64_t mg_cfg_int(const config_setting_t *g, const char *name, int64_t def);
 const char *mg_cfg_string(const config_setting_t *g, const char *name,
@@ -432,10 +435,20 @@ uint64_t mg_now_ms(void);
  * instance holds it (its pid in *pid_r).
  */
 int mg_pidfile_lock(const char *data_dir, long *pid_r, const char **error_r);
-/** Read the pid of the instance holding the lock (0 = none running). */
+/** Read the pid of the instance holding the lock (0 = none running,
+ * -1 = one runs but its pid cannot be read). */
 long mg_pidfile_running(const char *data_dir);
+/**
+ * Become `user` (and `group`, else the user's primary group): chown the
+ * data directory and the pid file to it, set groups, gid, uid, and check
+ * that root cannot be regained. user NULL: nothing to do (MG_OK).
+ */
 int mg_privdrop(const char *user, const char *group, const char *data_dir,
                 const char **error_r);
+/** No core dumps, not ptrace-able by the same uid (RLIMIT_CORE 0,
+ * PR_SET_DUMPABLE 0). Call after mg_privdrop(): changing credentials
+ * resets the dumpable flag. */
+void mg_harden_process(void);
 
 /* The loop the core runs; set in main.c. */
 extern struct ev_loop *mg_loop;
