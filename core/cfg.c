@@ -22,7 +22,7 @@
 #define CFG_DEPTH_MAX 64
 
 /* internal setting type beyond the public enum: a ( ) list of { } groups */
-#define CFG_SET_GROUPS ((enum mg_setting_type)100)
+#define CFG_SET_GROUPS MG_SET_LIST
 
 static const char *const cfg_log_levels[] = {"error", "warning", "info",
                                              "debug", NULL};
