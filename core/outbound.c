@@ -159,7 +159,10 @@ outbound_succeed(struct outbound *ob, bool tls_done)
     ob->fd = -1;
     ob->ssl = NULL;
     outbound_free(ob);
-    done(c, MG_OK, NULL, arg);
+    if (c == NULL)
+        done(NULL, MG_ERROR, "cannot set up the connection", arg);
+    else
+        done(c, MG_OK, NULL, arg);
 }
 
 static void outbound_try_next(struct outbound *ob);
@@ -281,8 +284,8 @@ outbound_addr_text(const struct addrinfo *ai, char *buf, size_t size)
 
     if (getnameinfo(ai->ai_addr, ai->ai_addrlen, host, sizeof(host), NULL, 0,
                     NI_NUMERICHOST) != 0)
-        snprintf(host, sizeof(host), "?");
-    snprintf(buf, size, ai->ai_family == AF_INET6 ? "[%s]" : "%s", host);
+        (void)snprintf(host, sizeof(host), "?");
+    (void)snprintf(buf, size, ai->ai_family == AF_INET6 ? "[%s]" : "%s", host);
 }
 
 /* Start a non-blocking connect to the next permitted address; when none
@@ -349,7 +352,7 @@ outbound_resolve(void *arg)
     hints.ai_protocol = IPPROTO_TCP;
     /* no AI_ADDRCONFIG: it hides loopback-only setups */
     hints.ai_flags = AI_NUMERICSERV;
-    snprintf(port, sizeof(port), "%d", ob->port);
+    (void)snprintf(port, sizeof(port), "%d", ob->port);
     ob->gai_err = getaddrinfo(ob->host, port, &hints, &ob->res);
     if (ob->gai_err != 0) {
         ob->gai_errno = errno;

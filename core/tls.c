@@ -60,7 +60,7 @@ tls_errors(void)
         } else if (ERR_GET_REASON(e) == ERR_R_SYS_LIB) {
             continue; /* "system lib": the errno entry said it */
         } else if (reason == NULL) {
-            snprintf(one, sizeof(one), "error %#lx", e);
+            (void)snprintf(one, sizeof(one), "error %#lx", e);
             reason = one;
         }
         if (!(flags & ERR_TXT_STRING))
@@ -249,8 +249,12 @@ tls_printable(char *buf, size_t size, const char *s)
 {
     size_t i;
 
-    for (i = 0; i + 1 < size && s[i] != '\0'; i++)
-        buf[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    for (i = 0; i + 1 < size && s[i] != '\0'; i++) {
+        if (s[i] >= 0x20 && s[i] < 0x7f)
+            buf[i] = s[i];
+        else
+            buf[i] = '?';
+    }
     buf[i] = '\0';
 }
 
@@ -266,13 +270,13 @@ mg_tls_ctx_describe(SSL_CTX *ctx)
         return "no certificate";
     if (X509_NAME_get_text_by_NID(X509_get_subject_name(x), NID_commonName, raw,
                                   sizeof(raw)) < 0)
-        snprintf(raw, sizeof(raw), "(none)");
+        (void)snprintf(raw, sizeof(raw), "(none)");
     tls_printable(cn, sizeof(cn), raw);
     na = X509_get0_notAfter(x);
     if (na != NULL && ASN1_TIME_to_tm(na, &tm) == 1)
-        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
+        (void)strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S UTC", &tm);
     else
-        snprintf(when, sizeof(when), "(unknown)");
+        (void)snprintf(when, sizeof(when), "(unknown)");
     ERR_clear_error();
     return mg_error("subject CN=%s, not after %s", cn, when);
 }

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -211,12 +212,13 @@ group_setup(void **state)
     assert_non_null(ca_key);
     assert_non_null(key);
     assert_non_null(other);
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/mg-test-tls.XXXXXX");
+    (void)snprintf(tmpdir, sizeof(tmpdir), "/tmp/mg-test-tls.XXXXXX");
     assert_non_null(mkdtemp(tmpdir));
-    snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", tmpdir);
-    snprintf(cert_pem, sizeof(cert_pem), "%s/cert.pem", tmpdir);
-    snprintf(key_pem, sizeof(key_pem), "%s/key.pem", tmpdir);
-    snprintf(other_key_pem, sizeof(other_key_pem), "%s/other.pem", tmpdir);
+    (void)snprintf(ca_pem, sizeof(ca_pem), "%s/ca.pem", tmpdir);
+    (void)snprintf(cert_pem, sizeof(cert_pem), "%s/cert.pem", tmpdir);
+    (void)snprintf(key_pem, sizeof(key_pem), "%s/key.pem", tmpdir);
+    (void)snprintf(other_key_pem, sizeof(other_key_pem), "%s/other.pem",
+                   tmpdir);
 
     ca = make_cert(ca_key, ca_key, NULL, "mailgate test CA", NULL, 1);
     cert = make_cert(key, ca_key, ca, "localhost", "DNS:localhost,IP:127.0.0.1",
@@ -375,7 +377,7 @@ test_bad_files(void **state)
     assert_non_null(strstr(error, other_key_pem));
     assert_non_null(strstr(error, "key values mismatch"));
 
-    snprintf(missing, sizeof(missing), "%s/nope.pem", tmpdir);
+    (void)snprintf(missing, sizeof(missing), "%s/nope.pem", tmpdir);
     error = NULL;
     assert_null(mg_tls_server_ctx(missing, key_pem, &error));
     assert_non_null(strstr(error, "TLS certificate"));
@@ -542,7 +544,7 @@ alpn_offer(struct pair *p, const char *proto)
     size_t n = strlen(proto);
 
     wire[0] = (unsigned char)n;
-    memcpy(wire + 1, proto, n);
+    memcpy(wire + 1, proto, n + 1); /* the NUL is not sent */
     /* 0 is success for this one */
     assert_int_equal(SSL_set_alpn_protos(p->c, wire, (unsigned)n + 1), 0);
 }
@@ -797,6 +799,8 @@ static void
 test_outbound_plain(void **state)
 {
     struct mg_connect_spec spec = {.host = "127.0.0.1", .port = srv.port};
+    int one = 0;
+    socklen_t len = sizeof(one);
 
     (void)state;
     srv.mode = SRV_HOLD;
@@ -807,6 +811,10 @@ test_outbound_plain(void **state)
     assert_false(res.c->tls_done);
     assert_true(res.c->fd >= 0);
     assert_true(fcntl(res.c->fd, F_GETFL) & O_NONBLOCK);
+    assert_true(fcntl(res.c->fd, F_GETFD) & FD_CLOEXEC);
+    assert_int_equal(
+        getsockopt(res.c->fd, IPPROTO_TCP, TCP_NODELAY, &one, &len), 0);
+    assert_int_equal(one, 1);
 }
 
 static void
@@ -856,7 +864,8 @@ test_outbound_untrusted(void **state)
     char prefix[64];
 
     (void)state;
-    snprintf(prefix, sizeof(prefix), "connect to 127.0.0.1:%d: ", srv.port);
+    (void)snprintf(prefix, sizeof(prefix),
+                   "connect to 127.0.0.1:%d: ", srv.port);
     run_connect(&spec);
     expect_error(prefix, "certificate verification failed: ");
     assert_non_null(
@@ -1092,7 +1101,7 @@ test_outbound_bad_spec(void **state)
         mg_outbound_connect(NULL, &spec, connect_done, NULL, &error), MG_ERROR);
     spec.port = 25;
     spec.tls = MG_TLS_IMPLICIT;
-    snprintf(missing, sizeof(missing), "%s/nope.pem", tmpdir);
+    (void)snprintf(missing, sizeof(missing), "%s/nope.pem", tmpdir);
     spec.ca_file = missing;
     error = NULL;
     assert_int_equal(
