@@ -298,8 +298,7 @@ api_setting_string(const config_setting_t *sect, const char *name,
 }
 
 static const char *
-api_setting_strings(const config_setting_t *sect, const char *name,
-                    unsigned i)
+api_setting_strings(const config_setting_t *sect, const char *name, unsigned i)
 {
     return mg_cfg_strings(sect, name, i);
 }

@@ -55,21 +55,21 @@ struct mg_conn {
 
     mg_conn_fn fn;
     void *arg;
-    unsigned depth;   /* nesting of handler calls */
-    bool closed;      /* close() called: no more events */
-    bool fatal;       /* deliver MG_CONN_ERROR after the handler */
-    bool paused;      /* module paused reading */
-    bool want_drain;  /* module saw MG_AGAIN from write */
-    bool shutdown;    /* on_shutdown delivered */
-    bool counted;     /* accounted in the limits */
+    unsigned depth;  /* nesting of handler calls */
+    bool closed;     /* close() called: no more events */
+    bool fatal;      /* deliver MG_CONN_ERROR after the handler */
+    bool paused;     /* module paused reading */
+    bool want_drain; /* module saw MG_AGAIN from write */
+    bool shutdown;   /* on_shutdown delivered */
+    bool counted;    /* accounted in the limits */
     bool ssl_write_wants_read, ssl_read_wants_write;
 
     struct sockaddr_storage real_sa; /* the socket's peer (limits) */
     char addr[64], local[64], proxy_addr[64];
     struct mg_peer peer;
 
-    struct mg_conn *hnext;            /* id table */
-    struct mg_conn *prev, *next;      /* all conns */
+    struct mg_conn *hnext;       /* id table */
+    struct mg_conn *prev, *next; /* all conns */
 };
 
 static struct mg_conn *conn_table[CONN_BUCKETS];
@@ -157,8 +157,8 @@ conn_logv(struct mg_conn *c, enum mg_log_level level, const char *fmt,
 
     if (!mg_log_enabled(level))
         return;
-    snprintf(prefix, sizeof(prefix), "conn %llu %s",
-             (unsigned long long)c->id, c->addr);
+    snprintf(prefix, sizeof(prefix), "conn %llu %s", (unsigned long long)c->id,
+             c->addr);
     mg_vlogp(level, prefix, fmt, ap);
 }
 
@@ -179,8 +179,8 @@ static void MG_PRINTF(3, 4)
 static bool
 conn_emit(struct mg_conn *c, enum mg_conn_event ev)
 {
-    bool final = ev == MG_CONN_TIMEOUT || ev == MG_CONN_EOF ||
-                 ev == MG_CONN_ERROR;
+    bool final =
+        ev == MG_CONN_TIMEOUT || ev == MG_CONN_EOF || ev == MG_CONN_ERROR;
 
     if (c->closed || c->fn == NULL) {
         if (final && !c->closed)
@@ -297,8 +297,7 @@ conn_flush(struct mg_conn *c)
                     return MG_AGAIN;
                 if (errno == EINTR)
                     continue;
-                conn_log(c, MG_LOG_DEBUG, "write failed: %s",
-                         strerror(errno));
+                conn_log(c, MG_LOG_DEBUG, "write failed: %s", strerror(errno));
                 return MG_ERROR;
             }
         }
@@ -377,8 +376,7 @@ conn_update_io(struct mg_conn *c)
         if (mg_buf_len(&c->out) > 0 || c->ssl_read_wants_write)
             events |= EV_WRITE;
     }
-    if (events == (c->io.events & (EV_READ | EV_WRITE)) &&
-        ev_is_active(&c->io))
+    if (events == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
         return;
     ev_io_stop(mg_loop, &c->io);
     if (events != 0) {
@@ -477,8 +475,8 @@ conn_on_proxyhdr(struct mg_conn *c)
         conn_fail(c);
         return;
     }
-    r = mg_proxyv2_parse(mg_buf_data(&c->in), mg_buf_len(&c->in), &info,
-                         &used, &err);
+    r = mg_proxyv2_parse(mg_buf_data(&c->in), mg_buf_len(&c->in), &info, &used,
+                         &err);
     if (r == MG_AGAIN)
         return;
     if (r != MG_OK) {
@@ -494,8 +492,8 @@ conn_on_proxyhdr(struct mg_conn *c)
         mg_limits_leave((struct sockaddr *)&c->real_sa, c->listener);
         c->counted = false;
         /* the listener's own count already includes this conn */
-        if (mg_limits_enter((struct sockaddr *)&info.src,
-                            &c->gen->config->s, NULL, &exempt) != MG_OK) {
+        if (mg_limits_enter((struct sockaddr *)&info.src, &c->gen->config->s,
+                            NULL, &exempt) != MG_OK) {
             conn_log(c, MG_LOG_INFO, "refused (connection limit)");
             conn_fail(c);
             return;
@@ -508,8 +506,8 @@ conn_on_proxyhdr(struct mg_conn *c)
         c->peer.proxied = true;
         memcpy(&c->peer.sa, &info.src, sizeof(info.src));
         c->peer.salen = info.srclen;
-        mg_sockaddr_text((struct sockaddr *)&info.src, c->addr,
-                         sizeof(c->addr), &c->peer.port);
+        mg_sockaddr_text((struct sockaddr *)&info.src, c->addr, sizeof(c->addr),
+                         &c->peer.port);
         conn_log(c, MG_LOG_DEBUG, "PROXY header from %s", c->proxy_addr);
     }
     ev_timer_stop(mg_loop, &c->deadline);
@@ -551,8 +549,8 @@ conn_handshake(struct mg_conn *c)
         c->tls_ready = true;
         c->state = CONN_OPEN;
         conn_tls_info(c);
-        conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s",
-                 c->peer.tls_version, c->peer.tls_cipher);
+        conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s", c->peer.tls_version,
+                 c->peer.tls_cipher);
         if (c->fn == NULL && c->listener != NULL) {
             conn_ready(c); /* implicit TLS: now the module sees it */
             return;
@@ -979,7 +977,7 @@ static bool
 conn_is_http_request(const char *line, size_t len)
 {
     static const char *const methods[] = {
-        "GET ", "POST ", "HEAD ", "PUT ", "OPTIONS ",
+        "GET ",     "POST ",   "HEAD ",  "PUT ",   "OPTIONS ",
         "CONNECT ", "DELETE ", "PATCH ", "TRACE ", NULL,
     };
     bool method = false;
@@ -1205,8 +1203,7 @@ conn_api_set_timeouts(struct mg_conn *c, uint32_t idle_ms, uint64_t total_ms)
 }
 
 static void
-conn_api_log(struct mg_conn *c, enum mg_log_level level, const char *fmt,
-             ...)
+conn_api_log(struct mg_conn *c, enum mg_log_level level, const char *fmt, ...)
 {
     va_list ap;
 

@@ -50,14 +50,14 @@ gen_track(struct mg_generation *gen, bool add)
         }
     }
     if (add)
-        mg_log(MG_LOG_WARNING, "more than %zu generations alive: sessions "
-                               "from old configurations are still open",
+        mg_log(MG_LOG_WARNING,
+               "more than %zu generations alive: sessions "
+               "from old configurations are still open",
                sizeof(gen_live) / sizeof(gen_live[0]));
 }
 
 void
-mg_generation_each(void (*fn)(struct mg_generation *gen, void *arg),
-                   void *arg)
+mg_generation_each(void (*fn)(struct mg_generation *gen, void *arg), void *arg)
 {
     for (size_t i = 0; i < sizeof(gen_live) / sizeof(gen_live[0]); i++) {
         if (gen_live[i] != NULL)
@@ -144,8 +144,7 @@ gen_configure_module(struct mg_generation *gen, unsigned idx,
     for (struct mg_listener *l = gen->listeners; l != NULL; l = l->next)
         before++;
     err = NULL;
-    if (mod->configure(m, mg_core_api_get(), sect, &m->state, &err) !=
-        MG_OK) {
+    if (mod->configure(m, mg_core_api_get(), sect, &m->state, &err) != MG_OK) {
         *error_r = mg_error("%s: module %s: %s", mg_cfg_where(sect, NULL), name,
                             err != NULL ? err : "configuration failed");
         return MG_ERROR;

@@ -106,9 +106,8 @@ mg_listener_stage(struct mg_generation *gen, struct mg_modctx *mod,
             *error_r = mg_error("%s: listen: address \"%s\" is not an IP "
                                 "address (write 0.0.0.0 or :: for all, or "
                                 "leave it out for both)",
-                                entry != NULL
-                                    ? mg_cfg_where(entry, "address")
-                                    : mod->mod->name,
+                                entry != NULL ? mg_cfg_where(entry, "address")
+                                              : mod->mod->name,
                                 address);
             goto fail;
         }
@@ -195,13 +194,13 @@ listener_bind(struct mg_listener *l, const char **error_r)
         int e = errno;
 
         close(fd);
-        *error_r = mg_error(
-            "%s: cannot listen: %s%s", l->name, strerror(e),
-            e == EACCES ? " (ports below 1024 need root or "
-                          "CAP_NET_BIND_SERVICE)"
-            : e == EADDRINUSE ? " (another server runs on this port?)"
-            : e == EADDRNOTAVAIL ? " (the address is not on this host)"
-                                 : "");
+        *error_r =
+            mg_error("%s: cannot listen: %s%s", l->name, strerror(e),
+                     e == EACCES       ? " (ports below 1024 need root or "
+                                         "CAP_NET_BIND_SERVICE)"
+                     : e == EADDRINUSE ? " (another server runs on this port?)"
+                     : e == EADDRNOTAVAIL ? " (the address is not on this host)"
+                                          : "");
         return MG_ERROR;
     }
     if (listen(fd, LISTEN_BACKLOG) < 0) {
@@ -318,8 +317,7 @@ mg_listeners_start(struct mg_generation *gen)
     for (struct mg_listener *l = gen->listeners; l != NULL; l = l->next) {
         ev_io_init(&l->accept_io, listener_accept_cb, l->fd, EV_READ);
         l->accept_io.data = l;
-        ev_timer_init(&l->retry_timer, listener_retry_cb, ACCEPT_RETRY_SEC,
-                      0.);
+        ev_timer_init(&l->retry_timer, listener_retry_cb, ACCEPT_RETRY_SEC, 0.);
         l->retry_timer.data = l;
         ev_io_start(mg_loop, &l->accept_io);
         mg_log(MG_LOG_INFO, "listening on %s (%s%s)", l->name,

@@ -82,8 +82,7 @@ main_reload(void)
     if (main_stopping)
         return;
     mg_log(MG_LOG_INFO, "reload: reading %s", main_config);
-    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) !=
-        MG_OK) {
+    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) != MG_OK) {
         mg_log(MG_LOG_ERROR,
                "reload failed, the running configuration stays: %s", err);
         return;
@@ -178,8 +177,7 @@ main_check_config(void)
     struct mg_generation *gen;
     const char *err;
 
-    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) !=
-        MG_OK) {
+    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) != MG_OK) {
         fprintf(stderr, "mailgated: %s\n", err);
         exit(1);
     }
@@ -216,8 +214,7 @@ main_daemonize(void)
 
         close(p[1]);
         while (len < (ssize_t)sizeof(msg) - 1 &&
-               (n = read(p[0], msg + len, sizeof(msg) - 1 - (size_t)len)) >
-                   0)
+               (n = read(p[0], msg + len, sizeof(msg) - 1 - (size_t)len)) > 0)
             len += n;
         msg[len] = '\0';
         if (strcmp(msg, "ready") == 0)
@@ -272,8 +269,7 @@ main_start(void)
 
     if (!main_foreground)
         main_daemonize();
-    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) !=
-        MG_OK)
+    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) != MG_OK)
         main_die(err);
     s = &gen->config->s;
     main_apply_logging(s);
@@ -305,8 +301,9 @@ main_start(void)
     mg_harden_process();
     if (mg_workers_start(mg_loop, s->worker_threads, &err) != MG_OK)
         main_die(err);
-    mg_log(MG_LOG_INFO, "mailgated %s started (configuration generation "
-                        "%llu, %zu module%s)",
+    mg_log(MG_LOG_INFO,
+           "mailgated %s started (configuration generation "
+           "%llu, %zu module%s)",
            PACKAGE_VERSION, (unsigned long long)gen->id, gen->nmods,
            gen->nmods == 1 ? "" : "s");
     if (main_ready_fd >= 0) {

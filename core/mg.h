@@ -50,8 +50,8 @@ void mg_log(enum mg_log_level level, const char *fmt, ...) MG_PRINTF(2, 3);
 /** `prefix` (a module name, "conn 12 1.2.3.4") goes before the text. */
 void mg_vlogp(enum mg_log_level level, const char *prefix, const char *fmt,
               va_list ap);
-void mg_logp(enum mg_log_level level, const char *prefix, const char *fmt,
-             ...) MG_PRINTF(3, 4);
+void mg_logp(enum mg_log_level level, const char *prefix, const char *fmt, ...)
+    MG_PRINTF(3, 4);
 /** "error" | "warning" | "info" | "debug" → level; MG_ERROR if unknown. */
 int mg_log_level_parse(const char *s, enum mg_log_level *level_r);
 
@@ -99,9 +99,8 @@ struct mg_linereader {
  * arrive, so the buffer stays bounded). MG_DECLINED: an overlong line
  * ended; it was dropped, *used_r bytes remain to consume.
  */
-int mg_line_next(struct mg_buf *in, struct mg_linereader *lr,
-                 const char **line, size_t *len, enum mg_eol *eol,
-                 size_t *used_r);
+int mg_line_next(struct mg_buf *in, struct mg_linereader *lr, const char **line,
+                 size_t *len, enum mg_eol *eol, size_t *used_r);
 
 /* ----------------------------------------------------------- netaddr.c */
 
@@ -241,9 +240,8 @@ extern const char *const mg_hook_names[];
 struct mg_hooks *mg_hooks_new(void);
 void mg_hooks_free(struct mg_hooks *h);
 /** Add a handler; the hook must be known (or start with "x-"). */
-int mg_hooks_add(struct mg_hooks *h, const char *hook, int prio,
-                 mg_hook_fn fn, void *arg, const char *owner,
-                 const char **error_r);
+int mg_hooks_add(struct mg_hooks *h, const char *hook, int prio, mg_hook_fn fn,
+                 void *arg, const char *owner, const char **error_r);
 /** Remove every handler `owner` added. */
 void mg_hooks_remove_owner(struct mg_hooks *h, const char *owner);
 bool mg_hooks_has(const struct mg_hooks *h, const char *hook);
@@ -332,8 +330,7 @@ void mg_listeners_stop(struct mg_generation *gen);
 /** Close the sockets not taken over by a newer generation. */
 void mg_listeners_close(struct mg_generation *gen);
 /** The switch to gen is final: sockets it took over now belong to it. */
-void mg_listeners_commit(struct mg_generation *gen,
-                         struct mg_generation *old);
+void mg_listeners_commit(struct mg_generation *gen, struct mg_generation *old);
 /** Close what is still open and free the listeners. */
 void mg_listeners_free(struct mg_generation *gen);
 
@@ -369,8 +366,8 @@ struct mg_generation *mg_conn_generation(const struct mg_conn *c);
 /* ---------------------------------------------------------- outbound.c */
 
 int mg_outbound_connect(struct mg_modctx *mod,
-                        const struct mg_connect_spec *spec,
-                        mg_connect_fn done, void *arg, const char **error_r);
+                        const struct mg_connect_spec *spec, mg_connect_fn done,
+                        void *arg, const char **error_r);
 
 /* -------------------------------------------------------- generation.c */
 
@@ -392,7 +389,7 @@ struct mg_generation {
     size_t nmods;
     struct mg_listener *listeners;
     struct mg_hooks *hooks;
-    SSL_CTX *tls; /* server context, NULL when no cert is configured */
+    SSL_CTX *tls;  /* server context, NULL when no cert is configured */
     unsigned refs; /* conns and in-flight jobs of this generation */
     bool started, stopping;
 };

@@ -24,7 +24,7 @@
 /** Bumped whenever a struct in this header changes other than by growing. */
 #define MG_ABI_VERSION 1
 
-#define MG_EXPORT  __attribute__((visibility("default")))
+#define MG_EXPORT       __attribute__((visibility("default")))
 #define MG_PRINTF(f, a) __attribute__((format(printf, f, a)))
 
 /** Return values of core and module functions. */
@@ -55,11 +55,11 @@ enum mg_log_level {
 /** Types of a module setting; the core checks them before configure(). */
 enum mg_setting_type {
     MG_SET_BOOL = 1,
-    MG_SET_INT,    /**< 64-bit integer within [min, max] */
-    MG_SET_STRING, /**< one of `choices` when choices is not NULL */
+    MG_SET_INT,     /**< 64-bit integer within [min, max] */
+    MG_SET_STRING,  /**< one of `choices` when choices is not NULL */
     MG_SET_STRINGS, /**< a list ( ) or array [ ] of strings */
-    MG_SET_GROUP,  /**< a { } group the module checks itself */
-    MG_SET_LIST,   /**< a list ( ) of groups the module checks itself */
+    MG_SET_GROUP,   /**< a { } group the module checks itself */
+    MG_SET_LIST,    /**< a list ( ) of groups the module checks itself */
 };
 
 /**
@@ -132,8 +132,7 @@ enum mg_conn_event {
                         caught (an HTTP request line), or a forced close */
 };
 
-typedef void (*mg_conn_fn)(struct mg_conn *c, enum mg_conn_event ev,
-                           void *arg);
+typedef void (*mg_conn_fn)(struct mg_conn *c, enum mg_conn_event ev, void *arg);
 
 /** Line terminators reported by getline(). */
 enum mg_eol {
@@ -143,28 +142,28 @@ enum mg_eol {
 
 /** Who is on the other side, and how. Valid while the conn lives. */
 struct mg_peer {
-    uint64_t id;                   /**< conn id: logs, async lookups */
-    const char *addr;              /**< peer address as text (after PROXY) */
+    uint64_t id;      /**< conn id: logs, async lookups */
+    const char *addr; /**< peer address as text (after PROXY) */
     int port;
-    struct sockaddr_storage sa;    /**< peer address (after PROXY) */
+    struct sockaddr_storage sa; /**< peer address (after PROXY) */
     socklen_t salen;
-    const char *local_addr;        /**< our address as text */
+    const char *local_addr; /**< our address as text */
     int local_port;
-    bool proxied;                  /**< a PROXY v2 header set addr */
-    const char *proxy_addr;        /**< the load balancer, when proxied */
-    const char *listener;          /**< "smtp 0.0.0.0:25" */
-    bool tls;                      /**< TLS is established */
-    const char *tls_version;       /**< "TLSv1.3" or NULL */
-    const char *tls_cipher;        /**< "TLS_AES_256_GCM_SHA384" or NULL */
-    const char *sni;               /**< server name the client asked for */
-    bool limit_exempt;             /**< the peer is in the exempt networks */
+    bool proxied;            /**< a PROXY v2 header set addr */
+    const char *proxy_addr;  /**< the load balancer, when proxied */
+    const char *listener;    /**< "smtp 0.0.0.0:25" */
+    bool tls;                /**< TLS is established */
+    const char *tls_version; /**< "TLSv1.3" or NULL */
+    const char *tls_cipher;  /**< "TLS_AES_256_GCM_SHA384" or NULL */
+    const char *sni;         /**< server name the client asked for */
+    bool limit_exempt;       /**< the peer is in the exempt networks */
 };
 
 /** A protocol reply with a code, an enhanced code and one or more lines.
  * The smtp engine writes it as `code-ecode line` … `code ecode line`. */
 struct mg_reply {
-    int code;                  /**< 250; 0 = no reply (POP3: see ok) */
-    const char *ecode;         /**< "2.0.0" or NULL */
+    int code;          /**< 250; 0 = no reply (POP3: see ok) */
+    const char *ecode; /**< "2.0.0" or NULL */
     size_t nlines;
     const char *const *lines; /**< without CRLF; validated, no CR/LF/NUL */
 };
@@ -223,9 +222,9 @@ struct mg_conn_api {
 struct mg_connect_spec {
     const char *host; /**< name or IP literal (no brackets) */
     int port;
-    enum mg_tls_mode tls; /**< IMPLICIT: handshake before `done`;
-                             STARTTLS: the module calls starttls() */
-    const char *ca_file;  /**< extra trust anchors (PEM) or NULL */
+    enum mg_tls_mode tls;        /**< IMPLICIT: handshake before `done`;
+                                    STARTTLS: the module calls starttls() */
+    const char *ca_file;         /**< extra trust anchors (PEM) or NULL */
     uint32_t connect_timeout_ms; /**< DNS + TCP + TLS, 0 = 30 s */
     /** Called for each resolved address before connecting: MG_OK to use
      * it, MG_DECLINED to skip it (SSRF policy on the resolved address). */
@@ -233,8 +232,8 @@ struct mg_connect_spec {
 };
 
 /** Result of connect(): conn on MG_OK, error text otherwise. */
-typedef void (*mg_connect_fn)(struct mg_conn *c, int status,
-                              const char *error, void *arg);
+typedef void (*mg_connect_fn)(struct mg_conn *c, int status, const char *error,
+                              void *arg);
 
 /* ---------------------------------------------------------------- hooks */
 
@@ -249,10 +248,10 @@ enum mg_verdict {
 
 /** One run of a hook. The data struct of each hook is in doc/hooks.md. */
 struct mg_hook_call {
-    const char *hook;    /**< "smtp.rcpt", "pop3.login", … */
-    uint64_t id;         /**< call id for hook_resume(); set by the core */
-    uint64_t conn_id;    /**< the session's conn, 0 if none */
-    void *data;          /**< per-hook struct (doc/hooks.md) */
+    const char *hook;      /**< "smtp.rcpt", "pop3.login", … */
+    uint64_t id;           /**< call id for hook_resume(); set by the core */
+    uint64_t conn_id;      /**< the session's conn, 0 if none */
+    void *data;            /**< per-hook struct (doc/hooks.md) */
     struct mg_reply reply; /**< out: the answer for the client, optional */
 };
 
@@ -284,8 +283,8 @@ struct mg_core_api {
 
     void (*log)(struct mg_modctx *m, enum mg_log_level level, const char *fmt,
                 ...) MG_PRINTF(3, 4);
-    void (*vlog)(struct mg_modctx *m, enum mg_log_level level,
-                 const char *fmt, va_list ap);
+    void (*vlog)(struct mg_modctx *m, enum mg_log_level level, const char *fmt,
+                 va_list ap);
 
     /* settings of the module's section, already checked by the core */
     bool (*setting_bool)(const struct config_setting_t *sect, const char *name,
@@ -326,8 +325,8 @@ struct mg_core_api {
     /** Run a hook's handlers in order. Returns the final verdict (MG_PASS
      * when every handler passed), or MG_SUSPEND: then `done` is called
      * once, later, on the loop. `call` must stay valid until then. */
-    enum mg_verdict (*hook_run)(struct mg_hook_call *call,
-                                mg_hook_done_fn done, void *arg);
+    enum mg_verdict (*hook_run)(struct mg_hook_call *call, mg_hook_done_fn done,
+                                void *arg);
     /** Finish a suspended handler: the run goes on (MG_PASS) or ends. */
     int (*hook_resume)(uint64_t call_id, enum mg_verdict v,
                        const struct mg_reply *reply);
@@ -376,11 +375,12 @@ struct mg_module {
     uintptr_t spare[4]; /**< zero; room to grow without an ABI bump */
 };
 
-#define MG_MODULE_V1 .abi_version = MG_ABI_VERSION, .signature = MG_ABI_SIGNATURE
+#define MG_MODULE_V1 \
+    .abi_version = MG_ABI_VERSION, .signature = MG_ABI_SIGNATURE
 
 /** Declare the module's descriptor: MG_MODULE_EXPORT(smtp) = { … }; */
-#define MG_MODULE_EXPORT(n)                                                    \
-    extern MG_EXPORT const struct mg_module mg_module_##n;                     \
+#define MG_MODULE_EXPORT(n)                                \
+    extern MG_EXPORT const struct mg_module mg_module_##n; \
     MG_EXPORT const struct mg_module mg_module_##n
 
 #endif /* MG_MODULE_H */

@@ -44,8 +44,7 @@ struct mg_store_result {
 };
 
 typedef void (*mg_store_done_fn)(uint64_t conn_id,
-                                 const struct mg_store_result *res,
-                                 void *arg);
+                                 const struct mg_store_result *res, void *arg);
 
 /** The store's calls. Ids in, completions by conn id out. */
 struct mg_store_api {
@@ -56,9 +55,8 @@ struct mg_store_api {
 
     /** Start one message to one or more mailboxes: reserves the message
      * ids (the encryption binds them) and a fresh key per copy. */
-    struct mg_msg_writer *(*msg_begin)(const char *const *mailbox_ids,
-                                       size_t n, uint64_t conn_id,
-                                       const char **error_r);
+    struct mg_msg_writer *(*msg_begin)(const char *const *mailbox_ids, size_t n,
+                                       uint64_t conn_id, const char **error_r);
     /** Encrypt and queue a piece of the message (in the caller, not the
      * writer thread). MG_AGAIN: the writer is behind; wait for `resume`. */
     int (*msg_write)(struct mg_msg_writer *w, const void *data, size_t len,
@@ -85,8 +83,8 @@ struct mg_store_api {
 
     /** Read a message back chunk by chunk; data is decrypted and
      * authenticated before it is handed out. */
-    struct mg_msg_reader *(*msg_open)(struct mg_mbox_key *key,
-                                      uint64_t msg_id, const char **error_r);
+    struct mg_msg_reader *(*msg_open)(struct mg_mbox_key *key, uint64_t msg_id,
+                                      const char **error_r);
     /** Next plaintext piece; MG_AGAIN: prefetch running, `resume` follows;
      * MG_DECLINED: end of message; MG_ERROR: authentication failed. */
     int (*msg_read)(struct mg_msg_reader *r, const void **data, size_t *len,
