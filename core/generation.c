@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include <mailgate/hooks.h>
 
 #include "mg.h"
@@ -163,6 +166,18 @@ gen_configure_module(struct mg_generation *gen, unsigned idx,
     return MG_OK;
 }
 
+/* Remember which certificate this generation serves, so that a reload
+ * that brings a new one can say so (cert.changed). */
+static void
+gen_cert_fingerprint(struct mg_generation *gen)
+{
+    X509 *x = SSL_CTX_get0_certificate(gen->tls);
+    unsigned int n = sizeof(gen->cert_fp);
+
+    if (x == NULL || X509_digest(x, EVP_sha256(), gen->cert_fp, &n) != 1)
+        memset(gen->cert_fp, 0, sizeof(gen->cert_fp));
+}
+
 int
 mg_generation_build(const char *path, const char *module_dir,
                     struct mg_generation **gen_r, const char **error_r)
@@ -205,9 +220,32 @@ mg_generation_build(const char *path, const char *module_dir,
             gen_free(gen);
             return MG_ERROR;
         }
+        gen_cert_fingerprint(gen);
     }
     *gen_r = gen;
     return MG_OK;
+}
+
+static void
+gen_fire_cert_changed(struct mg_generation *gen, struct mg_generation *old)
+{
+    struct mg_hook_cert_changed data = {
+        .cert_file = gen->config->s.tls_cert,
+        .key_file = gen->config->s.tls_key,
+    };
+    struct mg_hook_call call = {
+        .hook = "cert.changed",
+        .data = &data,
+    };
+
+    if (gen->tls == NULL || old == NULL || old->tls == NULL ||
+        memcmp(gen->cert_fp, old->cert_fp, sizeof(gen->cert_fp)) == 0)
+        return;
+    mg_log(MG_LOG_INFO, "new certificate for new connections: %s",
+           mg_tls_ctx_describe(gen->tls));
+    if (mg_hooks_run(gen->hooks, &call, NULL, NULL) == MG_SUSPEND)
+        mg_log(MG_LOG_WARNING, "a cert.changed handler suspended; "
+                               "cert.changed is informational");
 }
 
 static void
@@ -268,6 +306,7 @@ mg_generation_start(struct mg_generation *gen, struct mg_generation *old,
     gen_current = gen;
     if (old != NULL)
         mg_generation_stop(old);
+    gen_fire_cert_changed(gen, old);
     gen_fire_reload(gen, old);
     return MG_OK;
 }

@@ -389,8 +389,9 @@ struct mg_generation {
     size_t nmods;
     struct mg_listener *listeners;
     struct mg_hooks *hooks;
-    SSL_CTX *tls;  /* server context, NULL when no cert is configured */
-    unsigned refs; /* conns and in-flight jobs of this generation */
+    SSL_CTX *tls; /* server context, NULL when no cert is configured */
+    unsigned char cert_fp[32]; /* SHA-256 of the certificate (cert.changed) */
+    unsigned refs;             /* conns and in-flight jobs of this generation */
     bool started, stopping;
 };
 
