@@ -110,9 +110,10 @@ struct mg_listener_ops {
      * sets its handler and greets; it owns the conn until close. */
     void (*on_accept)(struct mg_conn *c, const struct config_setting_t *entry,
                       void *arg);
-    /** The generation stops (SIGTERM or a reload that removed or replaced
-     * this listener). Idle sessions should be closed now; one in the middle
-     * of a transaction may finish within drain_timeout. */
+    /** The daemon stops (SIGTERM/SIGINT). Idle sessions should be closed
+     * now; one in the middle of a transaction may finish within
+     * drain_timeout. Not called on reload: sessions of an old generation
+     * finish on their settings. */
     void (*on_shutdown)(struct mg_conn *c, void *arg);
 };
 
@@ -162,8 +163,10 @@ struct mg_peer {
 /** A protocol reply with a code, an enhanced code and one or more lines.
  * The smtp engine writes it as `code-ecode line` … `code ecode line`. */
 struct mg_reply {
-    int code;          /**< 250; 0 = no reply (POP3: see ok) */
-    const char *ecode; /**< "2.0.0" or NULL */
+    int code;          /**< SMTP: 250; 0 = no reply. POP3 ignores
+                          it: a reply counts when nlines > 0 */
+    const char *ecode; /**< SMTP "2.0.0"; POP3 response code without
+                          brackets ("SYS/TEMP"); or NULL */
     size_t nlines;
     const char *const *lines; /**< without CRLF; validated, no CR/LF/NUL */
 };
@@ -256,8 +259,9 @@ struct mg_hook_call {
 };
 
 typedef enum mg_verdict (*mg_hook_fn)(struct mg_hook_call *call, void *arg);
-/** Called on the loop when a suspended run ends (or at once if it did not
- * suspend): the final verdict and the reply set by the deciding handler. */
+/** Called once on the loop when a suspended run ends (only when hook_run
+ * returned MG_SUSPEND): the final verdict and the reply set by the
+ * deciding handler. Not called when the run is cancelled (conn closed). */
 typedef void (*mg_hook_done_fn)(struct mg_hook_call *call,
                                 enum mg_verdict verdict, void *arg);
 
