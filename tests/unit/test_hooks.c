@@ -1,2 +1,6 @@
 #include "config.h"
-int main(void) { return 0; }
+int
+main(void)
+{
+    return 0;
+}
