@@ -317,6 +317,71 @@ cfg_check_choices(const config_setting_t *s, const char *const *choices,
 }
 
 static int
+cfg_check_int(const config_setting_t *s, const struct mg_setting *spec,
+              const char **error_r)
+{
+    long long v, src;
+    bool huge;
+
+    if (!cfg_is_int(s))
+        return cfg_fail(error_r, s, "expected an integer, got %s",
+                        cfg_type_name(s));
+    v = config_setting_get_int64(s);
+    if (config_setting_type(s) == CONFIG_TYPE_INT &&
+        cfg_source_int(s, v, &src, &huge)) {
+        if (huge)
+            return cfg_fail(error_r, s, "the number is too large");
+        if (src >= spec->min && src <= spec->max)
+            return cfg_fail(error_r, s,
+                            "%lld is beyond 32 bits; write %lldL "
+                            "(libconfig wraps plain integers)",
+                            src, src);
+        v = src; /* report what was written, not the wrapped value */
+    }
+    if (v < spec->min || v > spec->max)
+        return cfg_fail(error_r, s, "%lld is out of range %lld..%lld", v,
+                        (long long)spec->min, (long long)spec->max);
+    return MG_OK;
+}
+
+static int
+cfg_check_strings(const config_setting_t *s, const char **error_r)
+{
+    if (config_setting_type(s) == CONFIG_TYPE_STRING)
+        return cfg_fail(error_r, s,
+                        "expected a list of strings, got a string; "
+                        "write [ \"%.64s\" ]",
+                        config_setting_get_string(s));
+    if (!cfg_is_seq(s))
+        return cfg_fail(error_r, s, "expected a list of strings, got %s",
+                        cfg_type_name(s));
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return cfg_fail(error_r, e, "expected a string, got %s",
+                            cfg_type_name(e));
+    }
+    return MG_OK;
+}
+
+static int
+cfg_check_groups(const config_setting_t *s, const char **error_r)
+{
+    if (!config_setting_is_list(s))
+        return cfg_fail(error_r, s, "expected a list ( ) of groups { }, got %s",
+                        cfg_type_name(s));
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+
+        if (!config_setting_is_group(e))
+            return cfg_fail(error_r, e, "expected a group { }, got %s",
+                            cfg_type_name(e));
+    }
+    return MG_OK;
+}
+
+static int
 cfg_check_value(const config_setting_t *s, const struct mg_setting *spec,
                 const char **error_r)
 {
@@ -326,35 +391,8 @@ cfg_check_value(const config_setting_t *s, const struct mg_setting *spec,
             return cfg_fail(error_r, s, "expected true or false, got %s",
                             cfg_type_name(s));
         return MG_OK;
-    case MG_SET_INT: {
-        long long v;
-
-        if (!cfg_is_int(s))
-            return cfg_fail(error_r, s, "expected an integer, got %s",
-                            cfg_type_name(s));
-        v = config_setting_get_int64(s);
-        if (config_setting_type(s) == CONFIG_TYPE_INT) {
-            long long src;
-            bool huge;
-
-            if (cfg_source_int(s, v, &src, &huge)) {
-                if (huge)
-                    return cfg_fail(error_r, s, "the number is too large");
-                if (src < spec->min || src > spec->max)
-                    return cfg_fail(error_r, s,
-                                    "%lld is out of range %lld..%lld", src,
-                                    (long long)spec->min, (long long)spec->max);
-                return cfg_fail(error_r, s,
-                                "%lld is beyond 32 bits; write %lldL "
-                                "(libconfig wraps plain integers)",
-                                src, src);
-            }
-        }
-        if (v < spec->min || v > spec->max)
-            return cfg_fail(error_r, s, "%lld is out of range %lld..%lld", v,
-                            (long long)spec->min, (long long)spec->max);
-        return MG_OK;
-    }
+    case MG_SET_INT:
+        return cfg_check_int(s, spec, error_r);
     case MG_SET_STRING:
         if (config_setting_type(s) != CONFIG_TYPE_STRING)
             return cfg_fail(error_r, s, "expected a string, got %s",
@@ -363,46 +401,16 @@ cfg_check_value(const config_setting_t *s, const struct mg_setting *spec,
             return cfg_check_choices(s, spec->choices, error_r);
         return MG_OK;
     case MG_SET_STRINGS:
-        if (config_setting_type(s) == CONFIG_TYPE_STRING)
-            return cfg_fail(error_r, s,
-                            "expected a list of strings, got a string; "
-                            "write [ \"%.64s\" ]",
-                            config_setting_get_string(s));
-        if (!cfg_is_seq(s))
-            return cfg_fail(error_r, s, "expected a list of strings, got %s",
-                            cfg_type_name(s));
-        for (int i = 0; i < config_setting_length(s); i++) {
-            const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
-
-            if (config_setting_type(e) != CONFIG_TYPE_STRING)
-                return cfg_fail(error_r, e, "expected a string, got %s",
-                                cfg_type_name(e));
-        }
-        return MG_OK;
+        return cfg_check_strings(s, error_r);
     case MG_SET_GROUP:
         if (!config_setting_is_group(s))
             return cfg_fail(error_r, s, "expected a group { }, got %s",
                             cfg_type_name(s));
         return MG_OK;
     default:
-        if (spec->type == CFG_SET_GROUPS) {
-            if (!config_setting_is_list(s))
-                return cfg_fail(error_r, s,
-                                "expected a list ( ) of groups { }, got %s",
-                                cfg_type_name(s));
-            for (int i = 0; i < config_setting_length(s); i++) {
-                const config_setting_t *e =
-                    config_setting_get_elem(s, (unsigned)i);
-
-                if (!config_setting_is_group(e))
-                    return cfg_fail(error_r, e, "expected a group { }, got %s",
-                                    cfg_type_name(e));
-            }
-            return MG_OK;
-        }
-        return cfg_fail(error_r, s,
-                        "unsupported setting type %d in the "
-                        "schema",
+        if (spec->type == CFG_SET_GROUPS)
+            return cfg_check_groups(s, error_r);
+        return cfg_fail(error_r, s, "unsupported setting type %d in the schema",
                         (int)spec->type);
     }
 }
@@ -703,6 +711,26 @@ cfg_check_modules(const config_setting_t *mods, const char **error_r)
     return MG_OK;
 }
 
+/* Whether the account / group exists (reentrant: a reload may run while
+ * worker threads do) */
+static bool
+cfg_user_exists(const char *name)
+{
+    struct passwd pw, *res = NULL;
+    char buf[16384];
+
+    return getpwnam_r(name, &pw, buf, sizeof(buf), &res) == 0 && res != NULL;
+}
+
+static bool
+cfg_group_exists(const char *name)
+{
+    struct group gr, *res = NULL;
+    char buf[16384];
+
+    return getgrnam_r(name, &gr, buf, sizeof(buf), &res) == 0 && res != NULL;
+}
+
 static int
 cfg_settings(struct mg_config *cfg, const char *dir,
              const char *default_module_dir, const char **error_r)
@@ -751,7 +779,7 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     m = config_setting_get_member(root, "user");
     if (m != NULL) {
         v = config_setting_get_string(m);
-        if (getpwnam(v) == NULL)
+        if (!cfg_user_exists(v))
             return cfg_fail(error_r, m,
                             "unknown user '%.64s'; create the account or "
                             "fix the setting",
@@ -761,7 +789,7 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     m = config_setting_get_member(root, "group");
     if (m != NULL) {
         v = config_setting_get_string(m);
-        if (getgrnam(v) == NULL)
+        if (!cfg_group_exists(v))
             return cfg_fail(error_r, m,
                             "unknown group '%.64s'; create the group or "
                             "fix the setting",
