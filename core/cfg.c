@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,12 +72,29 @@ const struct mg_setting mg_listener_schema[] = {
 
 /* ------------------------------------------------------ locations */
 
+/* libconfig records an @include by the name written in it, relative to
+ * the include directory: make that a usable path (the main file stays as
+ * the caller named it). */
+static const char *
+cfg_resolve_file(const config_t *c, const char *f)
+{
+    const char *dir = config_get_include_dir(c);
+
+    if (f[0] == '/' || dir == NULL ||
+        (c->num_filenames > 0 && strcmp(f, c->filenames[0]) == 0))
+        return f;
+    return mg_error("%s/%s", dir, f);
+}
+
+/* The file a setting comes from. */
 static const char *
 cfg_file(const config_setting_t *s)
 {
     const char *f = s != NULL ? config_setting_source_file(s) : NULL;
 
-    return f != NULL ? f : "(config)";
+    if (f == NULL)
+        return "(config)";
+    return cfg_resolve_file(s->config, f);
 }
 
 /* "modules.[1].listen.[0].port": names, list/array elements as [i] */
@@ -191,6 +209,88 @@ cfg_is_seq(const config_setting_t *s)
     return config_setting_is_list(s) || config_setting_is_array(s);
 }
 
+static bool
+cfg_name_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '*';
+}
+
+/*
+ * The integer as written in the file, when it differs from the parsed
+ * value v. libconfig 1.5 silently wraps a plain integer beyond 32 bits
+ * ("4294967321" reads as 25), so the text is read again from the
+ * setting's line. false: no difference seen (or the text was not found;
+ * then the parsed value is all there is). *huge_r: beyond 64 bits.
+ */
+static bool
+cfg_source_int(const config_setting_t *s, long long v, long long *v_r,
+               bool *huge_r)
+{
+    const char *file = cfg_file(s);
+    const char *name = config_setting_name(s);
+    unsigned line = config_setting_source_line(s);
+    char *buf = NULL;
+    size_t cap = 0;
+    bool differs = false;
+    FILE *fp;
+
+    if (name == NULL || line == 0)
+        return false;
+    fp = fopen(file, "r");
+    if (fp == NULL)
+        return false;
+    for (unsigned i = 0; i < line; i++) {
+        if (getline(&buf, &cap, fp) < 0) {
+            free(buf);
+            fclose(fp);
+            return false;
+        }
+    }
+    fclose(fp);
+    for (const char *p = strstr(buf, name); p != NULL;
+         p = strstr(p + 1, name)) {
+        const char *q = p + strlen(name);
+        unsigned long long u;
+        long long t;
+        bool huge;
+        char *end;
+
+        if ((p > buf && cfg_name_char(p[-1])) || cfg_name_char(*q))
+            continue;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        if (*q != '=' && *q != ':')
+            continue;
+        q++;
+        while (*q == ' ' || *q == '\t')
+            q++;
+        errno = 0;
+        if (q[0] == '0' && (q[1] == 'x' || q[1] == 'X')) {
+            u = strtoull(q, &end, 16);
+            huge = errno == ERANGE || u > (unsigned long long)LLONG_MAX;
+            t = (long long)u;
+        } else {
+            t = strtoll(q, &end, 10);
+            huge = errno == ERANGE;
+        }
+        if (end == q)
+            continue;
+        if (!huge && t == v) {
+            /* the same name twice on a line: any exact match wins */
+            differs = false;
+            break;
+        }
+        if (!differs) {
+            differs = true;
+            *v_r = t;
+            *huge_r = huge;
+        }
+    }
+    free(buf);
+    return differs;
+}
+
 static int
 cfg_check_choices(const config_setting_t *s, const char *const *choices,
                   const char **error_r)
@@ -217,6 +317,71 @@ cfg_check_choices(const config_setting_t *s, const char *const *choices,
 }
 
 static int
+cfg_check_int(const config_setting_t *s, const struct mg_setting *spec,
+              const char **error_r)
+{
+    long long v, src;
+    bool huge;
+
+    if (!cfg_is_int(s))
+        return cfg_fail(error_r, s, "expected an integer, got %s",
+                        cfg_type_name(s));
+    v = config_setting_get_int64(s);
+    if (config_setting_type(s) == CONFIG_TYPE_INT &&
+        cfg_source_int(s, v, &src, &huge)) {
+        if (huge)
+            return cfg_fail(error_r, s, "the number is too large");
+        if (src >= spec->min && src <= spec->max)
+            return cfg_fail(error_r, s,
+                            "%lld is beyond 32 bits; write %lldL "
+                            "(libconfig wraps plain integers)",
+                            src, src);
+        v = src; /* report what was written, not the wrapped value */
+    }
+    if (v < spec->min || v > spec->max)
+        return cfg_fail(error_r, s, "%lld is out of range %lld..%lld", v,
+                        (long long)spec->min, (long long)spec->max);
+    return MG_OK;
+}
+
+static int
+cfg_check_strings(const config_setting_t *s, const char **error_r)
+{
+    if (config_setting_type(s) == CONFIG_TYPE_STRING)
+        return cfg_fail(error_r, s,
+                        "expected a list of strings, got a string; "
+                        "write [ \"%.64s\" ]",
+                        config_setting_get_string(s));
+    if (!cfg_is_seq(s))
+        return cfg_fail(error_r, s, "expected a list of strings, got %s",
+                        cfg_type_name(s));
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return cfg_fail(error_r, e, "expected a string, got %s",
+                            cfg_type_name(e));
+    }
+    return MG_OK;
+}
+
+static int
+cfg_check_groups(const config_setting_t *s, const char **error_r)
+{
+    if (!config_setting_is_list(s))
+        return cfg_fail(error_r, s, "expected a list ( ) of groups { }, got %s",
+                        cfg_type_name(s));
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+
+        if (!config_setting_is_group(e))
+            return cfg_fail(error_r, e, "expected a group { }, got %s",
+                            cfg_type_name(e));
+    }
+    return MG_OK;
+}
+
+static int
 cfg_check_value(const config_setting_t *s, const struct mg_setting *spec,
                 const char **error_r)
 {
@@ -226,18 +391,8 @@ cfg_check_value(const config_setting_t *s, const struct mg_setting *spec,
             return cfg_fail(error_r, s, "expected true or false, got %s",
                             cfg_type_name(s));
         return MG_OK;
-    case MG_SET_INT: {
-        long long v;
-
-        if (!cfg_is_int(s))
-            return cfg_fail(error_r, s, "expected an integer, got %s",
-                            cfg_type_name(s));
-        v = config_setting_get_int64(s);
-        if (v < spec->min || v > spec->max)
-            return cfg_fail(error_r, s, "%lld is out of range %lld..%lld", v,
-                            (long long)spec->min, (long long)spec->max);
-        return MG_OK;
-    }
+    case MG_SET_INT:
+        return cfg_check_int(s, spec, error_r);
     case MG_SET_STRING:
         if (config_setting_type(s) != CONFIG_TYPE_STRING)
             return cfg_fail(error_r, s, "expected a string, got %s",
@@ -246,46 +401,16 @@ cfg_check_value(const config_setting_t *s, const struct mg_setting *spec,
             return cfg_check_choices(s, spec->choices, error_r);
         return MG_OK;
     case MG_SET_STRINGS:
-        if (config_setting_type(s) == CONFIG_TYPE_STRING)
-            return cfg_fail(error_r, s,
-                            "expected a list of strings, got a string; "
-                            "write [ \"%.64s\" ]",
-                            config_setting_get_string(s));
-        if (!cfg_is_seq(s))
-            return cfg_fail(error_r, s, "expected a list of strings, got %s",
-                            cfg_type_name(s));
-        for (int i = 0; i < config_setting_length(s); i++) {
-            const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
-
-            if (config_setting_type(e) != CONFIG_TYPE_STRING)
-                return cfg_fail(error_r, e, "expected a string, got %s",
-                                cfg_type_name(e));
-        }
-        return MG_OK;
+        return cfg_check_strings(s, error_r);
     case MG_SET_GROUP:
         if (!config_setting_is_group(s))
             return cfg_fail(error_r, s, "expected a group { }, got %s",
                             cfg_type_name(s));
         return MG_OK;
     default:
-        if (spec->type == CFG_SET_GROUPS) {
-            if (!config_setting_is_list(s))
-                return cfg_fail(error_r, s,
-                                "expected a list ( ) of groups { }, got %s",
-                                cfg_type_name(s));
-            for (int i = 0; i < config_setting_length(s); i++) {
-                const config_setting_t *e =
-                    config_setting_get_elem(s, (unsigned)i);
-
-                if (!config_setting_is_group(e))
-                    return cfg_fail(error_r, e, "expected a group { }, got %s",
-                                    cfg_type_name(e));
-            }
-            return MG_OK;
-        }
-        return cfg_fail(error_r, s,
-                        "unsupported setting type %d in the "
-                        "schema",
+        if (spec->type == CFG_SET_GROUPS)
+            return cfg_check_groups(s, error_r);
+        return cfg_fail(error_r, s, "unsupported setting type %d in the schema",
                         (int)spec->type);
     }
 }
@@ -586,6 +711,26 @@ cfg_check_modules(const config_setting_t *mods, const char **error_r)
     return MG_OK;
 }
 
+/* Whether the account / group exists (reentrant: a reload may run while
+ * worker threads do) */
+static bool
+cfg_user_exists(const char *name)
+{
+    struct passwd pw, *res = NULL;
+    char buf[16384];
+
+    return getpwnam_r(name, &pw, buf, sizeof(buf), &res) == 0 && res != NULL;
+}
+
+static bool
+cfg_group_exists(const char *name)
+{
+    struct group gr, *res = NULL;
+    char buf[16384];
+
+    return getgrnam_r(name, &gr, buf, sizeof(buf), &res) == 0 && res != NULL;
+}
+
 static int
 cfg_settings(struct mg_config *cfg, const char *dir,
              const char *default_module_dir, const char **error_r)
@@ -634,7 +779,7 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     m = config_setting_get_member(root, "user");
     if (m != NULL) {
         v = config_setting_get_string(m);
-        if (getpwnam(v) == NULL)
+        if (!cfg_user_exists(v))
             return cfg_fail(error_r, m,
                             "unknown user '%.64s'; create the account or "
                             "fix the setting",
@@ -644,7 +789,7 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     m = config_setting_get_member(root, "group");
     if (m != NULL) {
         v = config_setting_get_string(m);
-        if (getgrnam(v) == NULL)
+        if (!cfg_group_exists(v))
             return cfg_fail(error_r, m,
                             "unknown group '%.64s'; create the group or "
                             "fix the setting",
@@ -694,16 +839,21 @@ mg_config_load(const char *path, const char *default_module_dir,
     fclose(fp);
     if (config_read_file(&cfg->cfg, path) != CONFIG_TRUE) {
         const char *f = config_error_file(&cfg->cfg);
+        const char *file = f != NULL ? cfg_resolve_file(&cfg->cfg, f) : path;
+        const char *text = config_error_text(&cfg->cfg);
 
+        if (text == NULL)
+            text = "unknown error";
         if (config_error_type(&cfg->cfg) == CONFIG_ERR_FILE_IO)
-            *error_r =
-                mg_error("%s: cannot read the file or a file it "
-                         "includes: %s",
-                         f != NULL ? f : path, config_error_text(&cfg->cfg));
+            *error_r = mg_error("%s: cannot read the file or a file it "
+                                "includes: %s",
+                                file, text);
+        else if (strcmp(text, "syntax error") == 0)
+            *error_r = mg_error("%s:%d: syntax error", file,
+                                config_error_line(&cfg->cfg));
         else
-            *error_r = mg_error("%s:%d: syntax error: %s", f != NULL ? f : path,
-                                config_error_line(&cfg->cfg),
-                                config_error_text(&cfg->cfg));
+            *error_r = mg_error("%s:%d: syntax error: %s", file,
+                                config_error_line(&cfg->cfg), text);
         goto fail;
     }
     if (cfg_settings(cfg, dir, default_module_dir, error_r) != MG_OK)

@@ -134,30 +134,30 @@ int
 mg_privdrop(const char *user, const char *group, const char *data_dir,
             const char **error_r)
 {
-    struct passwd *pw;
+    struct passwd pw, *pwr = NULL;
+    struct group gr, *grr = NULL;
+    char buf[16384];
     uid_t uid;
     gid_t gid;
     char *name;
 
     if (user == NULL)
         return MG_OK;
-    pw = getpwnam(user);
-    if (pw == NULL) {
+    if (getpwnam_r(user, &pw, buf, sizeof(buf), &pwr) != 0 || pwr == NULL) {
         *error_r = mg_error("unknown user '%s'", user);
         return MG_ERROR;
     }
-    uid = pw->pw_uid;
-    gid = pw->pw_gid;
-    name = mg_xstrdup(pw->pw_name); /* getgrnam may reuse pw's storage */
+    uid = pw.pw_uid;
+    gid = pw.pw_gid;
+    name = mg_xstrdup(pw.pw_name); /* buf is reused for the group */
     if (group != NULL) {
-        struct group *gr = getgrnam(group);
-
-        if (gr == NULL) {
+        if (getgrnam_r(group, &gr, buf, sizeof(buf), &grr) != 0 ||
+            grr == NULL) {
             *error_r = mg_error("unknown group '%s'", group);
             free(name);
             return MG_ERROR;
         }
-        gid = gr->gr_gid;
+        gid = gr.gr_gid;
     }
     if (getuid() == uid && geteuid() == uid && getgid() == gid &&
         getegid() == gid) {

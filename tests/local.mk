@@ -24,7 +24,8 @@ MG_UNIT_LDADD = libmgcore.la $(CMOCKA_LIBS)
 
 MG_UNIT_TESTS = tests/unit/test_buf tests/unit/test_netaddr \
 	tests/unit/test_proxyv2 tests/unit/test_cfg tests/unit/test_loader \
-	tests/unit/test_hooks tests/unit/test_workers tests/unit/test_tls
+	tests/unit/test_hooks tests/unit/test_workers tests/unit/test_tls \
+	tests/unit/test_daemon
 check_PROGRAMS += $(MG_UNIT_TESTS)
 TESTS += $(MG_UNIT_TESTS)
 AM_TESTS_ENVIRONMENT = \
@@ -56,6 +57,9 @@ tests_unit_test_workers_LDADD = $(MG_UNIT_LDADD)
 tests_unit_test_tls_SOURCES = tests/unit/test_tls.c
 tests_unit_test_tls_CFLAGS = $(MG_UNIT_CFLAGS)
 tests_unit_test_tls_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_daemon_SOURCES = tests/unit/test_daemon.c
+tests_unit_test_daemon_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_daemon_LDADD = $(MG_UNIT_LDADD)
 endif
 
 EXTRA_DIST += tests/run-all.sh tests/unit/data \

@@ -88,10 +88,22 @@ static void
 test_parse_bad(void **state)
 {
     static const char *const bad[] = {
-        "",          "/24",          "192.0.2.0/33", "192.0.2.0/",
-        "192.0.2/24", "192.0.2.0/-1", "192.0.2.0/+8", "192.0.2.0/ 8",
-        "1.2.3.4.5", "example.com",  "::1/129",      "2001:db8::/1000",
-        "::g",       "192.0.2.0/24/8", "192.0.2.256", " 192.0.2.1",
+        "",
+        "/24",
+        "192.0.2.0/33",
+        "192.0.2.0/",
+        "192.0.2/24",
+        "192.0.2.0/-1",
+        "192.0.2.0/+8",
+        "192.0.2.0/ 8",
+        "1.2.3.4.5",
+        "example.com",
+        "::1/129",
+        "2001:db8::/1000",
+        "::g",
+        "192.0.2.0/24/8",
+        "192.0.2.256",
+        " 192.0.2.1",
         "192.0.2.0/0x8",
         "1111111111111111111111111111111111111111111111111111111111111111111",
         NULL,
@@ -201,18 +213,16 @@ test_text_and_key(void **state)
     assert_int_equal(mg_sockaddr_key((struct sockaddr *)&m, key), 4);
     assert_memory_equal(key, v4, 4);
     assert_int_equal(mg_sockaddr_key((struct sockaddr *)&b, key), 16);
-    assert_memory_equal(key,
-                        ((struct sockaddr_in6 *)&b)->sin6_addr.s6_addr, 16);
+    assert_memory_equal(key, ((struct sockaddr_in6 *)&b)->sin6_addr.s6_addr,
+                        16);
 }
 
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_good),
-        cmocka_unit_test(test_parse_bad),
-        cmocka_unit_test(test_match),
-        cmocka_unit_test(test_netlist),
+        cmocka_unit_test(test_parse_good),   cmocka_unit_test(test_parse_bad),
+        cmocka_unit_test(test_match),        cmocka_unit_test(test_netlist),
         cmocka_unit_test(test_text_and_key),
     };
 

@@ -17,8 +17,7 @@ static const uint8_t sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D,
 
 /* header: signature, ver/cmd, fam, body (length set from blen) */
 static size_t
-hdr(uint8_t *out, uint8_t vercmd, uint8_t fam, const uint8_t *body,
-    size_t blen)
+hdr(uint8_t *out, uint8_t vercmd, uint8_t fam, const uint8_t *body, size_t blen)
 {
     memcpy(out, sig, 12);
     out[12] = vercmd;
@@ -31,8 +30,8 @@ hdr(uint8_t *out, uint8_t vercmd, uint8_t fam, const uint8_t *body,
 }
 
 /* 192.0.2.1:40000 -> 198.51.100.2:25 */
-static const uint8_t body4[12] = {192, 0,   2,   1,    198,  51,
-                                  100, 2,   0x9c, 0x40, 0x00, 0x19};
+static const uint8_t body4[12] = {192, 0, 2,    1,    198,  51,
+                                  100, 2, 0x9c, 0x40, 0x00, 0x19};
 
 static void
 body6(uint8_t *b)
@@ -52,8 +51,7 @@ expect_error(const uint8_t *buf, size_t len)
     size_t used = 0;
     const char *err = NULL;
 
-    assert_int_equal(mg_proxyv2_parse(buf, len, &info, &used, &err),
-                     MG_ERROR);
+    assert_int_equal(mg_proxyv2_parse(buf, len, &info, &used, &err), MG_ERROR);
     assert_non_null(err);
 }
 
@@ -152,8 +150,7 @@ test_tlvs(void **state)
     n = hdr(buf, 0x21, 0x11, body, sizeof(body));
     assert_int_equal(mg_proxyv2_parse(buf, n, &info, &used, &err), MG_OK);
     assert_int_equal(used, n);
-    assert_int_equal(ntohs(((struct sockaddr_in *)&info.src)->sin_port),
-                     40000);
+    assert_int_equal(ntohs(((struct sockaddr_in *)&info.src)->sin_port), 40000);
 }
 
 static void
