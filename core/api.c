@@ -303,6 +303,15 @@ api_setting_strings(const config_setting_t *sect, const char *name, unsigned i)
     return mg_cfg_strings(sect, name, i);
 }
 
+void (*mg_reload_request)(const char *source);
+
+static void
+api_reload(const char *source)
+{
+    if (mg_reload_request != NULL)
+        mg_reload_request(source != NULL ? source : "module");
+}
+
 static const struct mg_core_api api_table = {
     .abi_version = MG_ABI_VERSION,
     .size = sizeof(struct mg_core_api),
@@ -328,6 +337,7 @@ static const struct mg_core_api api_table = {
     .work_submit = api_work_submit,
     .post = mg_post,
     .now_ms = mg_now_ms,
+    .reload = api_reload,
 };
 
 static struct mg_core_api api_live;

@@ -227,11 +227,13 @@ mg_generation_build(const char *path, const char *module_dir,
 }
 
 static void
-gen_fire_cert_changed(struct mg_generation *gen, struct mg_generation *old)
+gen_fire_cert_changed(struct mg_generation *gen, struct mg_generation *old,
+                      const char *source)
 {
     struct mg_hook_cert_changed data = {
-        .cert_file = gen->config->s.tls_cert,
-        .key_file = gen->config->s.tls_key,
+        .cert = gen->config->s.tls_cert,
+        .key = gen->config->s.tls_key,
+        .source = source,
     };
     struct mg_hook_call call = {
         .hook = "cert.changed",
@@ -241,8 +243,9 @@ gen_fire_cert_changed(struct mg_generation *gen, struct mg_generation *old)
     if (gen->tls == NULL || old == NULL || old->tls == NULL ||
         memcmp(gen->cert_fp, old->cert_fp, sizeof(gen->cert_fp)) == 0)
         return;
-    mg_log(MG_LOG_INFO, "new certificate for new connections: %s",
-           mg_tls_ctx_describe(gen->tls));
+    data.description = mg_tls_ctx_describe(gen->tls);
+    mg_log(MG_LOG_INFO, "new certificate for new connections (%s): %s", source,
+           data.description);
     if (mg_hooks_run(gen->hooks, &call, NULL, NULL) == MG_SUSPEND)
         mg_log(MG_LOG_WARNING, "a cert.changed handler suspended; "
                                "cert.changed is informational");
@@ -266,13 +269,15 @@ gen_fire_reload(struct mg_generation *gen, struct mg_generation *old)
     struct mg_hook_config_reload data = {
         .old_generation = old != NULL ? old->id : 0,
         .new_generation = gen->id,
-        .config_file = gen->config->s.file,
+        .file = gen->config->s.file,
     };
     struct mg_hook_call call = {
         .hook = "config.reload",
         .data = &data,
     };
 
+    if (old == NULL)
+        return; /* the first start is no reload */
     /* informational: a handler that suspends is not waited for */
     if (mg_hooks_run(gen->hooks, &call, NULL, NULL) == MG_SUSPEND)
         mg_log(MG_LOG_WARNING, "a config.reload handler suspended; "
@@ -281,7 +286,7 @@ gen_fire_reload(struct mg_generation *gen, struct mg_generation *old)
 
 int
 mg_generation_start(struct mg_generation *gen, struct mg_generation *old,
-                    const char **error_r)
+                    const char *source, const char **error_r)
 {
     if (mg_listeners_open(gen, old, error_r) != MG_OK)
         return MG_ERROR;
@@ -306,7 +311,7 @@ mg_generation_start(struct mg_generation *gen, struct mg_generation *old,
     gen_current = gen;
     if (old != NULL)
         mg_generation_stop(old);
-    gen_fire_cert_changed(gen, old);
+    gen_fire_cert_changed(gen, old, source);
     gen_fire_reload(gen, old);
     return MG_OK;
 }

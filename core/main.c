@@ -73,7 +73,7 @@ main_apply_logging(const struct mg_settings *s)
 /* ------------------------------------------------------------- reload */
 
 static void
-main_reload(void)
+main_reload(const char *source)
 {
     struct mg_generation *old = mg_generation_current();
     struct mg_generation *gen;
@@ -81,7 +81,7 @@ main_reload(void)
 
     if (main_stopping)
         return;
-    mg_log(MG_LOG_INFO, "reload: reading %s", main_config);
+    mg_log(MG_LOG_INFO, "reload (%s): reading %s", source, main_config);
     if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) != MG_OK) {
         mg_log(MG_LOG_ERROR,
                "reload failed, the running configuration stays: %s", err);
@@ -100,7 +100,7 @@ main_reload(void)
         mg_log(MG_LOG_WARNING,
                "reload: a change of `user` takes effect at the next "
                "restart");
-    if (mg_generation_start(gen, old, &err) != MG_OK) {
+    if (mg_generation_start(gen, old, source, &err) != MG_OK) {
         mg_log(MG_LOG_ERROR,
                "reload failed, the running configuration stays: %s", err);
         mg_generation_discard(gen);
@@ -109,6 +109,30 @@ main_reload(void)
     main_apply_logging(&gen->config->s);
     mg_log(MG_LOG_INFO, "reload: configuration generation %llu running",
            (unsigned long long)gen->id);
+}
+
+/* A module asked for a reload: run it from the loop, never inside the
+ * module's own call. */
+static ev_timer main_reload_timer;
+static const char *main_reload_source;
+
+static void
+main_reload_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    (void)loop;
+    (void)w;
+    (void)revents;
+    main_reload(main_reload_source);
+}
+
+static void
+main_request_reload(const char *source)
+{
+    main_reload_source = source;
+    if (!ev_is_active(&main_reload_timer)) {
+        ev_timer_init(&main_reload_timer, main_reload_timer_cb, 0., 0.);
+        ev_timer_start(mg_loop, &main_reload_timer);
+    }
 }
 
 /* ----------------------------------------------------------- shutdown */
@@ -164,7 +188,7 @@ main_signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
     (void)loop;
     (void)revents;
     if (w->signum == SIGHUP)
-        main_reload();
+        main_reload("reload");
     else
         main_shutdown(w->signum);
 }
@@ -287,7 +311,7 @@ main_start(void)
     default:
         main_die(err);
     }
-    if (mg_generation_start(gen, NULL, &err) != MG_OK) {
+    if (mg_generation_start(gen, NULL, "start", &err) != MG_OK) {
         mg_generation_discard(gen);
         main_die(err);
     }
@@ -373,12 +397,14 @@ main(int argc, char **argv)
     ev_signal_start(mg_loop, &main_sigterm);
     ev_signal_start(mg_loop, &main_sigint);
 
+    mg_reload_request = main_request_reload;
     ev_run(mg_loop, 0);
 
     mg_conns_close_all();
     mg_workers_stop();
     mg_api_timers_free();
     ev_timer_stop(mg_loop, &main_drain);
+    ev_timer_stop(mg_loop, &main_reload_timer);
     ev_prepare_stop(mg_loop, &main_idle_check);
     ev_signal_stop(mg_loop, &main_sighup);
     ev_signal_stop(mg_loop, &main_sigterm);

@@ -398,9 +398,10 @@ struct mg_generation {
 /** Build (configure) a generation from a file; nothing is started. */
 int mg_generation_build(const char *path, const char *module_dir,
                         struct mg_generation **gen_r, const char **error_r);
-/** Open sockets (inheriting from old), start modules and listeners. */
+/** Open sockets (inheriting from old), start modules and listeners.
+ * `source` says what asked for it ("start", "reload", "acme", …). */
 int mg_generation_start(struct mg_generation *gen, struct mg_generation *old,
-                        const char **error_r);
+                        const char *source, const char **error_r);
 /** Stop accepting and call the modules' stop(); sessions go on. */
 void mg_generation_stop(struct mg_generation *gen);
 void mg_generation_ref(struct mg_generation *gen);
@@ -421,6 +422,8 @@ const struct mg_core_api *mg_core_api_get(void);
 /** The generation being configured (its settings answer the getters),
  * or NULL when configuring is over. */
 void mg_api_building(struct mg_generation *gen);
+/** Set by main: reload the configuration soon (like SIGHUP). */
+extern void (*mg_reload_request)(const char *source);
 /** Cancel the timers modules left behind (at exit). */
 void mg_api_timers_free(void);
 uint64_t mg_now_ms(void);

@@ -350,6 +350,11 @@ struct mg_core_api {
 
     /** Monotonic milliseconds (the loop's clock). */
     uint64_t (*now_ms)(void);
+
+    /** Reload the configuration soon, as SIGHUP does (a module that wrote
+     * new certificate files, e.g. acme). `source` names the cause in the
+     * log and in cert.changed. A failed reload keeps the running one. */
+    void (*reload)(const char *source);
 };
 
 /* ------------------------------------------------------- the descriptor */
