@@ -270,12 +270,56 @@ mg_api_timers_free(void)
     }
 }
 
+/* A job in flight keeps its generation (and so the module's state)
+ * alive until its completion ran. */
+struct api_job {
+    struct mg_generation *gen;
+    mg_work_fn work;
+    mg_work_done_fn done;
+    void *arg;
+};
+
+static void
+api_job_work(void *p)
+{
+    struct api_job *j = p;
+
+    if (j->work != NULL)
+        j->work(j->arg);
+}
+
+static void
+api_job_done(void *p)
+{
+    struct api_job *j = p;
+
+    if (j->done != NULL)
+        j->done(j->arg);
+    if (j->gen != NULL)
+        mg_generation_unref(j->gen);
+    free(j);
+}
+
 static int
 api_work_submit(struct mg_modctx *m, mg_work_fn work, mg_work_done_fn done,
                 void *arg)
 {
-    (void)m;
-    return mg_workers_submit(work, done, arg);
+    struct api_job *j = mg_xcalloc(1, sizeof(*j));
+    int r;
+
+    j->gen = m != NULL ? m->gen : NULL;
+    j->work = work;
+    j->done = done;
+    j->arg = arg;
+    if (j->gen != NULL)
+        mg_generation_ref(j->gen);
+    r = mg_workers_submit(api_job_work, api_job_done, j);
+    if (r != MG_OK) {
+        if (j->gen != NULL)
+            mg_generation_unref(j->gen);
+        free(j);
+    }
+    return r;
 }
 
 static bool
