@@ -54,6 +54,14 @@ def _cases(so):
         ("port-overflow",
          dict(listen=[listener(RawCfg("5000000000"))]), "port = 5000000000",
          "port"),
+        # libconfig 1.5 wraps a literal beyond 32 bits silently:
+        # 4294967321 reads as 25, a valid port, unless the core notices
+        ("port-overflow-wraps",
+         dict(listen=[listener(RawCfg("4294967321"))]), "port = 4294967321",
+         "port"),
+        ("port-int64",
+         dict(listen=[listener(RawCfg("5000000000L"))]), "port = 5000000000L",
+         "port"),
         ("tls-bogus",
          dict(listen=[listener(p, tls="bogus")]), 'tls = "bogus"', "tls"),
         ("unknown-module",
