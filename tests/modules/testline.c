@@ -458,7 +458,6 @@ tl_handler(struct mg_conn *c, enum mg_conn_event ev, void *arg)
         tl_close(s);
         break;
     case MG_CONN_DRAINED:
-    case MG_CONN_CONNECTED:
         break;
     }
 }
