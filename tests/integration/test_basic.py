@@ -1,10 +1,9 @@
 """Plain sessions: the line protocol, HTTP on a mail port, line limits,
 idle timeout and the worker pool."""
 
-import socket
 import time
 
-from conftest import Client, Closed, fnv_work, free_port, listener
+from conftest import Closed, fnv_work, free_port, listener
 
 
 def test_plain_session(make_daemon, clients):

@@ -1,7 +1,6 @@
 """TLS: STARTTLS, implicit TLS, protocol versions, SNI, the STARTTLS
 injection defence and ALPN (ALPACA)."""
 
-import socket
 import ssl
 import subprocess
 
