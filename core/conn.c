@@ -65,6 +65,8 @@ struct mg_conn {
     bool ssl_write_wants_read, ssl_read_wants_write;
 
     struct sockaddr_storage real_sa; /* the socket's peer (limits) */
+    unsigned char *phdr;             /* PROXY header being read */
+    size_t phlen;
     char addr[64], local[64], proxy_addr[64];
     struct mg_peer peer;
 
@@ -462,21 +464,59 @@ conn_on_output(struct mg_conn *c)
 
 static void conn_ready(struct mg_conn *c);
 
+#define PROXY_FIXED 16
+#define PROXY_MAX   (PROXY_FIXED + 536)
+
+/* Read the header and not one byte more: what follows may be a TLS
+ * ClientHello that OpenSSL must read from the socket itself. */
+static int
+conn_read_proxyhdr(struct mg_conn *c)
+{
+    for (;;) {
+        size_t need = PROXY_FIXED;
+        ssize_t n;
+
+        if (c->phlen >= PROXY_FIXED)
+            need += ((size_t)c->phdr[14] << 8) | c->phdr[15];
+        if (need > PROXY_MAX)
+            return MG_OK; /* let the parser say what is wrong */
+        if (c->phlen >= need)
+            return MG_OK;
+        n = recv(c->fd, c->phdr + c->phlen, need - c->phlen, 0);
+        if (n == 0)
+            return MG_DECLINED;
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? MG_AGAIN
+                                                           : MG_ERROR;
+        }
+        c->phlen += (size_t)n;
+        if (memcmp(c->phdr, "\r\n\r\n\0\r\nQUIT\n",
+                   c->phlen < 12 ? c->phlen : 12) != 0)
+            return MG_OK; /* not a v2 signature: the parser refuses it */
+    }
+}
+
 static void
 conn_on_proxyhdr(struct mg_conn *c)
 {
     struct mg_proxy_info info;
     const char *err;
     size_t used;
-    int r = conn_fill(c);
+    int r;
 
+    if (c->phdr == NULL)
+        c->phdr = mg_xmalloc(PROXY_MAX);
+    r = conn_read_proxyhdr(c);
+    if (r == MG_AGAIN)
+        return;
     if (r == MG_DECLINED || r == MG_ERROR) {
         conn_log(c, MG_LOG_INFO, "closed before the PROXY header");
         conn_fail(c);
         return;
     }
-    r = mg_proxyv2_parse(mg_buf_data(&c->in), mg_buf_len(&c->in), &info, &used,
-                         &err);
+    r = mg_proxyv2_parse(c->phdr, c->phlen, &info, &used, &err);
     if (r == MG_AGAIN)
         return;
     if (r != MG_OK) {
@@ -484,7 +524,8 @@ conn_on_proxyhdr(struct mg_conn *c)
         conn_fail(c);
         return;
     }
-    mg_buf_consume(&c->in, used);
+    free(c->phdr);
+    c->phdr = NULL;
     if (!info.local) {
         bool exempt = false;
 
@@ -555,8 +596,8 @@ conn_handshake(struct mg_conn *c)
             conn_ready(c); /* implicit TLS: now the module sees it */
             return;
         }
-        conn_update_io(c);
-        conn_emit(c, MG_CONN_TLS_READY);
+        if (conn_emit(c, MG_CONN_TLS_READY))
+            conn_on_input(c);
         return;
     }
 
@@ -716,7 +757,8 @@ conn_ready(struct mg_conn *c)
             conn_finish_close(c);
         return;
     }
-    conn_update_io(c);
+    /* bytes may already wait in the socket or in OpenSSL */
+    conn_on_input(c);
 }
 
 void
@@ -822,6 +864,7 @@ conn_free(struct mg_conn *c)
     conn_unregister(c);
     mg_buf_free(&c->in);
     mg_buf_free(&c->out);
+    free(c->phdr);
     conn_log(c, MG_LOG_DEBUG, "closed");
     mg_generation_unref(c->gen);
     free(c);

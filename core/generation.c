@@ -309,10 +309,11 @@ mg_generation_start(struct mg_generation *gen, struct mg_generation *old,
     gen->refs++; /* held while current */
     gen_track(gen, true);
     gen_current = gen;
-    if (old != NULL)
-        mg_generation_stop(old);
+    /* the hooks see the old generation before it may be released */
     gen_fire_cert_changed(gen, old, source);
     gen_fire_reload(gen, old);
+    if (old != NULL)
+        mg_generation_stop(old);
     return MG_OK;
 }
 

@@ -250,6 +250,7 @@ main_daemonize(void)
     close(p[0]);
     main_ready_fd = p[1];
     setsid();
+    ev_loop_fork(mg_loop); /* the signal watchers were set up before */
 }
 
 static void
@@ -304,9 +305,9 @@ main_start(void)
     case MG_OK:
         break;
     case MG_DECLINED:
-        main_die(mg_error("another mailgated (pid %ld) holds the data "
-                          "directory %s: stop it first, or give this one "
-                          "its own data_dir",
+        main_die(mg_error("another instance of mailgated (pid %ld) holds "
+                          "the data directory %s: stop it first, or give "
+                          "this one its own data_dir",
                           pid, s->data_dir));
     default:
         main_die(err);
@@ -388,14 +389,15 @@ main(int argc, char **argv)
     mg_loop = ev_default_loop(EVFLAG_AUTO);
     if (check)
         main_check_config();
-    main_start();
-
+    /* before the ports open: a signal that comes as soon as they answer
+     * must find its handler */
     ev_signal_init(&main_sighup, main_signal_cb, SIGHUP);
     ev_signal_init(&main_sigterm, main_signal_cb, SIGTERM);
     ev_signal_init(&main_sigint, main_signal_cb, SIGINT);
     ev_signal_start(mg_loop, &main_sighup);
     ev_signal_start(mg_loop, &main_sigterm);
     ev_signal_start(mg_loop, &main_sigint);
+    main_start();
 
     mg_reload_request = main_request_reload;
     ev_run(mg_loop, 0);
