@@ -49,6 +49,7 @@ struct tl_session {
     uint64_t id;
     bool starttls_offered; /* accepted on a starttls listener */
     bool paused;
+    bool blocked; /* output backlog: wait for MG_CONN_DRAINED */
     bool closing; /* shutdown asked while busy: close after the reply */
     enum tl_pending pending;
     uint64_t timer;
@@ -209,7 +210,9 @@ tl_pending_done(struct tl_session *s)
     }
     if (s->paused) {
         s->paused = false;
-        tl_api->conn->pause_read(s->c, false);
+        if (!s->blocked) {
+            tl_api->conn->pause_read(s->c, false);
+        }
     }
     tl_process(s);
 }
@@ -395,6 +398,10 @@ tl_command(struct tl_session *s, const char *line, size_t len)
     return true;
 }
 
+/* Replies queued beyond this make the session wait (the core's high-water
+ * mark: past it write() says MG_AGAIN and MG_CONN_DRAINED follows). */
+#define TL_OUTPUT_MAX (256 * 1024)
+
 /* Handle the buffered lines until none is left or the session waits. */
 static void
 tl_process(struct tl_session *s)
@@ -413,6 +420,13 @@ tl_process(struct tl_session *s)
                 s->paused = true;
                 tl_api->conn->pause_read(s->c, true);
             }
+            return;
+        }
+        if (tl_api->conn->write_queued(s->c) > TL_OUTPUT_MAX) {
+            /* the client does not read: stop taking commands until the
+             * core says the backlog drained (back-pressure) */
+            s->blocked = true;
+            tl_api->conn->pause_read(s->c, true);
             return;
         }
         rc = tl_api->conn->getline(s->c, &line, &len, &eol);
@@ -458,6 +472,13 @@ tl_handler(struct mg_conn *c, enum mg_conn_event ev, void *arg)
         tl_close(s);
         break;
     case MG_CONN_DRAINED:
+        if (s->blocked) {
+            s->blocked = false;
+            if (!s->paused) {
+                tl_api->conn->pause_read(s->c, false);
+            }
+            tl_process(s);
+        }
         break;
     }
 }
