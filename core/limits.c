@@ -76,9 +76,9 @@ mg_limits_leave(const struct sockaddr *sa, struct mg_listener *l)
     struct limits_ip **pp = limits_slot(key, len);
 
     (void)l;
-    if (*pp == NULL)
+    if (*pp == NULL) {
         mg_fatalx("connection limits: leaving an address never entered");
-    if (--(*pp)->count == 0) {
+    } else if (--(*pp)->count == 0) {
         struct limits_ip *dead = *pp;
 
         *pp = dead->next;

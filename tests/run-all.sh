@@ -74,12 +74,35 @@ if [ "$int_rc" -ne 0 ] && [ "$int_fail" -eq 0 ]; then
     echo "pytest failed (exit $int_rc) without a test result"
 fi
 
+# ---------------------------------------------------------------- lint
+# The code is clang-format clean and cppcheck finds nothing (STYLE.md):
+# each counts as one test, so CI fails when either breaks.
+echo "== lint (clang-format, cppcheck)"
+lint_pass=0
+lint_fail=0
+cfiles=$(cd "$SRCDIR" && { git ls-files '*.c' '*.h' 2>/dev/null ||
+    find core store modules include tests -name '*.[ch]'; })
+if (cd "$SRCDIR" && clang-format --dry-run -Werror $cfiles); then
+    lint_pass=$((lint_pass + 1))
+else
+    echo "clang-format: files above are not formatted (clang-format -i FILE)"
+    lint_fail=$((lint_fail + 1))
+fi
+if (cd "$SRCDIR" && cppcheck --std=c11 --library=posix \
+        --enable=warning,performance,portability --error-exitcode=1 -q \
+        -I include -I core core store modules); then
+    lint_pass=$((lint_pass + 1))
+else
+    lint_fail=$((lint_fail + 1))
+fi
+
 # ------------------------------------------------------------------- summary
-passed=$(( unit_pass + int_pass ))
-failed=$(( unit_fail + int_fail ))
+passed=$(( unit_pass + int_pass + lint_pass ))
+failed=$(( unit_fail + int_fail + lint_fail ))
 echo "== summary"
 echo "unit:        $unit_pass passed, $unit_fail failed"
 echo "integration: $int_pass passed, $int_fail failed"
+echo "lint:        $lint_pass passed, $lint_fail failed"
 echo "$passed passed, $failed failed"
 if [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]; then
     exit 0
