@@ -172,3 +172,74 @@ def test_slow_reader_back_pressure(make_daemon):
     assert got and got[0].endswith(b"250 PONG\r\n"), "no PONG"
     assert got[0].count(b"\r\n250 ") >= (sent + len(line) - 1) // len(line)
     slow.close()
+
+
+def test_session_time_limit(make_daemon, clients):
+    """The total session limit ends a session that is never idle."""
+    port = free_port()
+    make_daemon(listen=[listener(port)],
+                settings={"idle_timeout": 5000, "session_timeout": 1500})
+    c = clients(port)
+    t0 = time.monotonic()
+    assert c.greeting() == "220 testline ready"
+    closed = False
+    while time.monotonic() - t0 < 4.0:
+        try:
+            c.send("NOOP\r\n")
+            line = c.reply_line()
+        except Exception:
+            closed = True
+            break
+        if line.startswith("421"):
+            closed = True
+            break
+        assert line == "250 ok"
+        time.sleep(0.2)
+    assert closed
+    assert 1.2 < time.monotonic() - t0 < 3.0
+
+
+def test_tls_handshake_deadline(make_daemon, certs):
+    """A client that connects to an implicit-TLS port and sends nothing is
+    closed after handshake_timeout (slowloris on the handshake)."""
+    port = free_port()
+    make_daemon(listen=[listener(port, tls="implicit")],
+                top={"handshake_timeout": 1})
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    t0 = time.monotonic()
+    assert s.recv(1) == b""
+    assert 0.8 < time.monotonic() - t0 < 3.0
+    # a real client still gets through
+    c = Client(port, ssl_context=tls_client_ctx(certs))
+    assert c.greeting() == "220 testline ready (tls)"
+
+
+def test_out_of_file_descriptors_recovers(make_daemon):
+    """EMFILE on accept pauses accepting instead of spinning, and the
+    daemon accepts again once descriptors are free."""
+    port = free_port()
+    d = make_daemon(listen=[listener(port)],
+                    top={"max_connections_per_ip": 1000})
+    subprocess.run(["prlimit", "--pid", str(d.pid), "--nofile=48:48"],
+                   check=True, timeout=10)
+    socks = []
+    try:
+        for _ in range(80):
+            socks.append(socket.create_connection(("127.0.0.1", port),
+                                                  timeout=5))
+        d.wait_log(r"accept: Too many open files; pausing new connections")
+        assert d.alive()
+    finally:
+        for s in socks:
+            s.close()
+    # the backlog drains as descriptors come free: a new client is served
+    deadline = time.monotonic() + 8
+    while True:
+        try:
+            with Client(port, timeout=2) as c:
+                if c.greeting() == "220 testline ready":
+                    break
+        except (OSError, AssertionError):
+            pass
+        assert time.monotonic() < deadline, "no greeting after EMFILE"
+        time.sleep(0.2)

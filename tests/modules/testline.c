@@ -62,6 +62,7 @@ struct tl_state {
     struct mg_modctx *m;
     char *greeting;
     uint32_t idle_ms;
+    uint64_t session_ms; /* whole-session limit, 0 = none */
     size_t line_max;
     struct tl_session *sessions;
     bool stopped;
@@ -509,7 +510,7 @@ tl_on_accept(struct mg_conn *c, const struct config_setting_t *entry, void *arg)
 
     tl_api->conn->set_handler(c, tl_handler, s);
     tl_api->conn->set_line_max(c, st->line_max);
-    tl_api->conn->set_timeouts(c, st->idle_ms, 0);
+    tl_api->conn->set_timeouts(c, st->idle_ms, st->session_ms);
     tl_api->conn->printf(c, "220 %s%s\r\n", st->greeting,
                          p->tls ? " (tls)" : "");
 }
@@ -551,6 +552,7 @@ static const struct mg_listen_default tl_defaults[] = {
 static const struct mg_setting tl_settings[] = {
     {.name = "greeting", .type = MG_SET_STRING},
     {.name = "idle_timeout", .type = MG_SET_INT, .min = 1, .max = 3600000},
+    {.name = "session_timeout", .type = MG_SET_INT, .min = 0, .max = 86400000},
     {.name = "line_max", .type = MG_SET_INT, .min = 16, .max = 65536},
     {.name = NULL},
 };
@@ -590,6 +592,7 @@ tl_configure(struct mg_modctx *m, const struct mg_core_api *api,
     st->greeting =
         tl_strdup(api->setting_string(sect, "greeting", "testline ready"));
     st->idle_ms = (uint32_t)api->setting_int(sect, "idle_timeout", 300000);
+    st->session_ms = (uint64_t)api->setting_int(sect, "session_timeout", 0);
     st->line_max = (size_t)api->setting_int(sect, "line_max", 1002);
     if (api->listen(m, sect, tl_defaults, &tl_ops, st, error_r) != MG_OK) {
         tl_release(st);
