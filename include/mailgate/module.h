@@ -392,4 +392,7 @@ struct mg_module {
     extern MG_EXPORT const struct mg_module mg_module_##n; \
     MG_EXPORT const struct mg_module mg_module_##n
 
+/* the data structs of the hooks: one include gives a module everything */
+#include <mailgate/hooks.h>
+
 #endif /* MG_MODULE_H */
