@@ -27,9 +27,9 @@ libmgcore_la_LIBADD = $(EV_LIBS) $(OPENSSL_LIBS) $(SODIUM_LIBS) \
 sbin_PROGRAMS += mailgated
 mailgated_SOURCES = core/main.c
 mailgated_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS)
-mailgated_LDADD = libmgcore.la
+mailgated_LDADD = libmgstore.la libmgcore.la
 
 sbin_PROGRAMS += mailgatectl
 mailgatectl_SOURCES = core/ctl/mailgatectl.c
 mailgatectl_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS)
-mailgatectl_LDADD = libmgcore.la
+mailgatectl_LDADD = libmgstore.la libmgcore.la

@@ -20,12 +20,13 @@ tests_modules_misnamed_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
 if HAVE_CMOCKA
 MG_UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(OPENSSL_CFLAGS) \
 	$(LIBCONFIG_CFLAGS)
-MG_UNIT_LDADD = libmgcore.la $(CMOCKA_LIBS)
+MG_UNIT_LDADD = libmgstore.la libmgcore.la $(CMOCKA_LIBS)
 
 MG_UNIT_TESTS = tests/unit/test_buf tests/unit/test_netaddr \
 	tests/unit/test_proxyv2 tests/unit/test_cfg tests/unit/test_loader \
 	tests/unit/test_hooks tests/unit/test_workers tests/unit/test_tls \
-	tests/unit/test_daemon
+	tests/unit/test_daemon tests/unit/test_vault tests/unit/test_codec \
+	tests/unit/test_store tests/unit/test_message
 check_PROGRAMS += $(MG_UNIT_TESTS)
 TESTS += $(MG_UNIT_TESTS)
 AM_TESTS_ENVIRONMENT = \
@@ -57,6 +58,18 @@ tests_unit_test_workers_LDADD = $(MG_UNIT_LDADD)
 tests_unit_test_tls_SOURCES = tests/unit/test_tls.c
 tests_unit_test_tls_CFLAGS = $(MG_UNIT_CFLAGS)
 tests_unit_test_tls_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_vault_SOURCES = tests/unit/test_vault.c
+tests_unit_test_vault_CFLAGS = $(MG_UNIT_CFLAGS) $(SODIUM_CFLAGS)
+tests_unit_test_vault_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_codec_SOURCES = tests/unit/test_codec.c
+tests_unit_test_codec_CFLAGS = $(MG_UNIT_CFLAGS)
+tests_unit_test_codec_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_store_SOURCES = tests/unit/test_store.c
+tests_unit_test_store_CFLAGS = $(MG_UNIT_CFLAGS) $(LMDB_CFLAGS)
+tests_unit_test_store_LDADD = $(MG_UNIT_LDADD)
+tests_unit_test_message_SOURCES = tests/unit/test_message.c
+tests_unit_test_message_CFLAGS = $(MG_UNIT_CFLAGS) $(LMDB_CFLAGS)
+tests_unit_test_message_LDADD = $(MG_UNIT_LDADD)
 tests_unit_test_daemon_SOURCES = tests/unit/test_daemon.c
 tests_unit_test_daemon_CFLAGS = $(MG_UNIT_CFLAGS)
 tests_unit_test_daemon_LDADD = $(MG_UNIT_LDADD)

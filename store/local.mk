@@ -1,0 +1,12 @@
+## store/: the LMDB store and the libsodium vault (libmgstore)
+noinst_LTLIBRARIES += libmgstore.la
+libmgstore_la_SOURCES = \
+	store/store.h \
+	store/vault.c \
+	store/codec.c \
+	store/store.c \
+	store/records.c \
+	store/message.c
+libmgstore_la_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(SODIUM_CFLAGS) \
+	$(LMDB_CFLAGS) $(LIBCONFIG_CFLAGS)
+libmgstore_la_LIBADD = $(SODIUM_LIBS) $(LMDB_LIBS)

@@ -1,0 +1,426 @@
+/*
+ * store/store.h -- the store and the crypto vault behind mg_store_api.
+ *
+ * Used by the daemon (store/module_api.c builds the mg_store_api table),
+ * by mailgatectl (administration, backup) and by tests and benchmarks.
+ * Layers, bottom up, one file each:
+ *
+ *   vault.c    libsodium only: mailbox key pairs, password wraps, message
+ *              encryption streams bound to (mailbox, message id)
+ *   codec.c    pure (de)serialisation of the records below
+ *   store.c    the LMDB environment, the writer thread with group commit,
+ *              short read transactions, fault handling
+ *   records.c  record operations inside a transaction
+ *   message.c  streaming writer and reader of one message (vault + records)
+ *
+ * Nothing here runs on the libev loop except what store/module_api.c
+ * wraps: writes complete on the writer thread and are posted to the loop.
+ */
+#ifndef MG_STORE_INTERNAL_H
+#define MG_STORE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "mg.h"
+
+/* ================================================================ vault.c */
+
+#define MG_VAULT_CHUNK        (64 * 1024) /* plaintext bytes per chunk */
+#define MG_VAULT_ABYTES       17          /* secretstream tag + MAC per chunk */
+#define MG_VAULT_PK_BYTES     32          /* X25519 public key */
+#define MG_VAULT_SEALED_KEY   80          /* crypto_box_seal(32-byte key) */
+#define MG_VAULT_HEADER       24          /* secretstream header */
+#define MG_VAULT_SALT         16
+#define MG_VAULT_NONCE        24
+#define MG_VAULT_WRAPPED      48 /* secretbox(32-byte private key) */
+#define MG_VAULT_PASSWORD_MAX 64
+
+/** Message encryption scheme 1: X25519 sealed box for the message key,
+ * XChaCha20-Poly1305 secretstream for envelope and body, every chunk's
+ * associated data = mailbox id, NUL, message id (8 bytes big-endian). */
+#define MG_VAULT_ALG_V1 1
+
+/** Kinds of private-key wrap: the mailbox password today; a recovery key
+ * wrap can be added later without changing records. */
+enum mg_wrap_kind {
+    MG_WRAP_PASSWORD = 1,
+    MG_WRAP_RECOVERY = 2,
+};
+
+/** Wrap algorithm 1: Argon2id v1.3 (crypto_pwhash) → XSalsa20-Poly1305
+ * secretbox of the 32-byte private key. */
+#define MG_WRAP_ALG_ARGON2ID_SECRETBOX 1
+
+/** One sealed copy of a mailbox private key, with its KDF parameters. */
+struct mg_vault_wrap {
+    uint8_t kind; /* enum mg_wrap_kind */
+    uint8_t alg;  /* MG_WRAP_ALG_* */
+    uint64_t opslimit;
+    uint64_t memlimit;
+    uint8_t salt[MG_VAULT_SALT];
+    uint8_t nonce[MG_VAULT_NONCE];
+    uint8_t wrapped[MG_VAULT_WRAPPED];
+};
+
+/** An unlocked mailbox private key (sodium_malloc'd, never copied out). */
+struct mg_vault_key;
+/** The encryption state of one message copy (sodium_malloc'd). */
+struct mg_vault_enc;
+/** The decryption state of one message copy (sodium_malloc'd). */
+struct mg_vault_dec;
+
+/** sodium_init() and the derivation cap; call once per process. */
+int mg_vault_init(unsigned max_derivations, const char **error_r);
+/** Argon2id parameters for new wraps (INTERACTIVE: ≥128-bit passwords). */
+void mg_vault_default_limits(uint64_t *opslimit, uint64_t *memlimit);
+/** A new password: ≥128 random bits, groups of an unambiguous alphabet
+ * separated by '-', e.g. "k7mq-x2pd-…"; NUL-terminated. */
+void mg_vault_password_new(char out[MG_VAULT_PASSWORD_MAX]);
+
+/** A fresh key pair; the private key wrapped with `password` (slow:
+ * Argon2id; run it off the loop). */
+int mg_vault_keys_new(const char *password, uint64_t opslimit,
+                      uint64_t memlimit, uint8_t pk[MG_VAULT_PK_BYTES],
+                      struct mg_vault_wrap *wrap, const char **error_r);
+/** Unlock a wrap with a password (slow; blocks while the number of running
+ * derivations is at its cap). MG_DECLINED: wrong password (or a wrap that
+ * does not belong to pk). */
+int mg_vault_unlock(const struct mg_vault_wrap *wrap,
+                    const uint8_t pk[MG_VAULT_PK_BYTES], const char *password,
+                    struct mg_vault_key **key_r, const char **error_r);
+void mg_vault_key_free(struct mg_vault_key *key);
+
+/** Start a message copy: a fresh message key sealed to pk. */
+struct mg_vault_enc *mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES],
+                                        const char *mailbox_id, uint64_t msg_id,
+                                        uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                                        uint8_t header[MG_VAULT_HEADER]);
+/** Encrypt one chunk (len ≤ MG_VAULT_CHUNK) into out (len + ABYTES). The
+ * last chunk of the message is pushed with final = true. */
+void mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
+                       bool final, uint8_t *out);
+void mg_vault_enc_free(struct mg_vault_enc *e);
+
+int mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
+                       uint64_t msg_id,
+                       const uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                       const uint8_t header[MG_VAULT_HEADER],
+                       struct mg_vault_dec **dec_r, const char **error_r);
+/** Decrypt one chunk into out (len - ABYTES bytes). MG_ERROR when it
+ * fails authentication (out is then wiped); *final at the last chunk. */
+int mg_vault_dec_pull(struct mg_vault_dec *d, const uint8_t *in, size_t len,
+                      uint8_t *out, size_t *outlen, bool *final);
+void mg_vault_dec_free(struct mg_vault_dec *d);
+
+/* ================================================================ codec.c */
+
+#define MG_MAILBOX_ID_MAX 32
+#define MG_MAILBOX_WRAPS  2
+
+/** A mailbox record. Strings are owned (mg_mailbox_clear frees them). */
+struct mg_mailbox {
+    char id[MG_MAILBOX_ID_MAX + 1];
+    char *name;
+    char *description;
+    bool active;      /* false = suspended */
+    uint64_t created; /* unix seconds */
+    uint8_t pk[MG_VAULT_PK_BYTES];
+    struct mg_vault_wrap wraps[MG_MAILBOX_WRAPS];
+    unsigned nwraps;
+    /* policy */
+    bool accept_journal;
+    bool accept_proxy;
+    bool require_tls;
+    char **targets; /* proxy targets allowed; none = the global policy */
+    size_t ntargets;
+    char **networks; /* sender networks (CIDR); none = any */
+    size_t nnetworks;
+    /* counters, kept by the message operations */
+    uint64_t messages;
+    uint64_t bytes;
+};
+
+/** States of a message record. */
+enum mg_msg_state {
+    MG_MSG_WRITING = 1, /* data arriving; removed at start if left over */
+    MG_MSG_HELD = 2,    /* committed, waiting for publish or discard */
+    MG_MSG_VISIBLE = 3, /* delivered: POP3 sees it */
+};
+
+/** The clear part of a message record (the rest is encrypted). */
+struct mg_msg_header {
+    uint8_t state;     /* enum mg_msg_state */
+    uint8_t alg;       /* MG_VAULT_ALG_V1 */
+    uint8_t flags;     /* MG_MSG_F_* */
+    uint64_t received; /* unix seconds */
+    uint64_t size;     /* plaintext body bytes */
+    uint32_t nchunks;  /* ciphertext chunks, the envelope chunk 0 included */
+    uint8_t sealed_key[MG_VAULT_SEALED_KEY];
+    uint8_t header[MG_VAULT_HEADER];
+};
+/** Published at start after a crash between commit and publish. */
+#define MG_MSG_F_UNCONFIRMED 0x01
+
+/** The envelope, stored encrypted as chunk 0 of the message. */
+struct mg_envelope {
+    char *source; /* "smtp", "proxy-smtp", "proxy-pop3", "test" */
+    char *sender; /* reverse-path, "" for <> */
+    char **rcpts; /* forward-paths */
+    size_t nrcpts;
+    char *client; /* peer address, or NULL */
+    char *tls;    /* "TLSv1.3 TLS_AES_256_GCM_SHA384", or NULL */
+};
+
+void mg_codec_mailbox_encode(const struct mg_mailbox *m, struct mg_buf *out);
+int mg_codec_mailbox_decode(const void *data, size_t len, struct mg_mailbox *m,
+                            const char **error_r);
+void mg_mailbox_clear(struct mg_mailbox *m);
+/** Deep copy (dst is overwritten). */
+void mg_mailbox_copy(struct mg_mailbox *dst, const struct mg_mailbox *src);
+
+void mg_codec_msg_encode(const struct mg_msg_header *h, struct mg_buf *out);
+int mg_codec_msg_decode(const void *data, size_t len, struct mg_msg_header *h,
+                        const char **error_r);
+
+void mg_codec_envelope_encode(const struct mg_envelope *e, struct mg_buf *out);
+int mg_codec_envelope_decode(const void *data, size_t len,
+                             struct mg_envelope *e, const char **error_r);
+void mg_envelope_clear(struct mg_envelope *e);
+
+/** A new mailbox id: 16 characters of [a-z0-9] (≥ 80 random bits). */
+void mg_mailbox_id_new(char id[MG_MAILBOX_ID_MAX + 1]);
+/** 8–32 characters of [a-z0-9]. */
+bool mg_mailbox_id_valid(const char *id);
+
+/* ================================================================ store.c */
+
+/** How to open the store. */
+struct mg_store_config {
+    const char *dir;   /* <data_dir>/store, created 0700 */
+    uint64_t map_size; /* bytes; sparse; default 64 GiB */
+    uint64_t reserve;  /* bytes kept free for deletions; default 64 MiB */
+    bool read_only;    /* tools that only read */
+};
+
+struct mg_store;
+
+/**
+ * Open (or create) the store: the environment with durable default flags
+ * (no NOSYNC, NOMETASYNC or WRITEMAP; MDB_NOTLS), the named databases, the
+ * format version (refuses a newer one) and the epoch (new at creation).
+ * Clears stale reader slots, removes orphaned WRITING messages and
+ * publishes HELD ones (flagged MG_MSG_F_UNCONFIRMED), then starts the
+ * writer thread (not for read_only).
+ */
+int mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
+                  const char **error_r);
+/** Finish queued writes, stop the writer, close the environment. */
+void mg_store_close(struct mg_store *st);
+/** 16 hex digits, new at creation and at every restore. */
+const char *mg_store_epoch(const struct mg_store *st);
+/** Set a new epoch (restore). */
+int mg_store_new_epoch(struct mg_store *st, const char **error_r);
+
+struct mg_store_op;
+/** Runs on the writer thread inside the batch's transaction (a nested
+ * transaction of its own: a failure undoes only this op). Returns an LMDB
+ * code or MG_ERROR with op->error set; MDB_MAP_FULL, ENOSPC, EIO and the
+ * like make the failure temporary. */
+typedef int (*mg_store_apply_fn)(struct mg_store *st, MDB_txn *txn,
+                                 struct mg_store_op *op);
+/** Runs on the writer thread once the batch is durable (fsync'd) or has
+ * failed; status says which. Must not block (post to the loop). */
+typedef void (*mg_store_complete_fn)(struct mg_store_op *op);
+
+/** One unit of work for the writer. Callers embed it in their own struct
+ * and keep it alive until `complete` ran. */
+struct mg_store_op {
+    mg_store_apply_fn apply;
+    mg_store_complete_fn complete;
+    void *arg;
+    bool new_data;  /* refused within the reserve (new mail, not deletes) */
+    size_t bytes;   /* payload size, for queue accounting */
+    int status;     /* out: MG_OK or MG_ERROR */
+    bool temporary; /* out: a 4xx kind of failure */
+    char error[200];
+    struct mg_store_op *next; /* the writer's queue */
+};
+
+/** Queue an op (any thread). */
+void mg_store_submit(struct mg_store *st, struct mg_store_op *op);
+/** Queue an op and wait until it completed (tools, tests; never the
+ * loop). Returns op->status. `complete` is not used. */
+int mg_store_run(struct mg_store *st, struct mg_store_op *op);
+/** Bytes queued and not yet committed (back-pressure). */
+size_t mg_store_queued_bytes(struct mg_store *st);
+
+/** A short read transaction (any thread; never across network waits). */
+int mg_store_read_begin(struct mg_store *st, MDB_txn **txn_r,
+                        const char **error_r);
+void mg_store_read_end(struct mg_store *st, MDB_txn *txn);
+
+/** The database handles records.c uses. */
+struct mg_store_dbs {
+    MDB_dbi meta, mailbox, message, chunk, dedup, kv;
+};
+const struct mg_store_dbs *mg_store_dbs(const struct mg_store *st);
+MDB_env *mg_store_env(struct mg_store *st);
+/** True when the map is within the reserve: new mail must be refused. */
+bool mg_store_low_space(struct mg_store *st);
+/** A consistent compacting copy of the store into dir (mdb_env_copy2). */
+int mg_store_backup(struct mg_store *st, const char *dir, const char **error_r);
+
+/* ============================================================== records.c */
+
+/* Keys: message = mailbox id NUL-padded to 32 bytes + msg id (8 bytes BE);
+ * chunk = message key + chunk number (4 bytes BE). */
+#define MG_MSG_KEY   40
+#define MG_CHUNK_KEY 44
+
+void mg_rec_msg_key(uint8_t key[MG_MSG_KEY], const char *mailbox_id,
+                    uint64_t msg_id);
+
+/** MG_DECLINED: no such mailbox. */
+int mg_rec_mailbox_get(struct mg_store *st, MDB_txn *txn, const char *id,
+                       struct mg_mailbox *m, const char **error_r);
+int mg_rec_mailbox_put(struct mg_store *st, MDB_txn *txn,
+                       const struct mg_mailbox *m, const char **error_r);
+/** Delete a mailbox record (the caller checked it is empty). */
+int mg_rec_mailbox_del(struct mg_store *st, MDB_txn *txn, const char *id,
+                       const char **error_r);
+/** Every mailbox, sorted by id; free with mg_mailbox_clear each + free. */
+int mg_rec_mailbox_list(struct mg_store *st, MDB_txn *txn,
+                        struct mg_mailbox **v_r, size_t *n_r,
+                        const char **error_r);
+
+/** Reserve `n` message ids (persisted: never handed out twice, even across
+ * processes and crashes). */
+int mg_rec_msg_ids(struct mg_store *st, MDB_txn *txn, uint64_t n,
+                   uint64_t *first_r, const char **error_r);
+int mg_rec_msg_put(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                   uint64_t msg_id, const struct mg_msg_header *h,
+                   const char **error_r);
+/** MG_DECLINED: no such message. */
+int mg_rec_msg_get(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                   uint64_t msg_id, struct mg_msg_header *h,
+                   const char **error_r);
+int mg_rec_chunk_put(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                     uint64_t msg_id, uint32_t n, const void *data, size_t len,
+                     const char **error_r);
+/** The chunk's bytes, valid until the transaction ends. */
+int mg_rec_chunk_get(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                     uint64_t msg_id, uint32_t n, const void **data_r,
+                     size_t *len_r, const char **error_r);
+/** Make a WRITING or HELD message VISIBLE and count it in its mailbox. */
+int mg_rec_msg_publish(struct mg_store *st, MDB_txn *txn,
+                       const char *mailbox_id, uint64_t msg_id,
+                       const char **error_r);
+/** Remove a message (any state) with its chunks; a VISIBLE one leaves the
+ * mailbox counters. Deleted pages are reused by LMDB. */
+int mg_rec_msg_delete(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                      uint64_t msg_id, const char **error_r);
+
+/** One message as a listing shows it. */
+struct mg_msg_ref {
+    uint64_t id;
+    uint64_t size;
+    uint64_t received;
+    uint8_t state;
+};
+/** The messages of a mailbox in id order (= arrival order); visible_only
+ * leaves out WRITING and HELD ones. Free *v_r with free(). */
+int mg_rec_msg_list(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                    bool visible_only, struct mg_msg_ref **v_r, size_t *n_r,
+                    const char **error_r);
+/** Received time of the oldest visible message; MG_DECLINED: none. */
+int mg_rec_msg_oldest(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                      uint64_t *received_r, const char **error_r);
+
+/** Proxy de-duplication: (mailbox, upstream, remote user, UIDL) → msg. */
+int mg_rec_dedup_get(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                     const char *upstream, const char *user, const char *uidl,
+                     uint64_t *msg_id_r, const char **error_r);
+int mg_rec_dedup_put(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                     const char *upstream, const char *user, const char *uidl,
+                     uint64_t msg_id, const char **error_r);
+
+/** Settings, console accounts and sessions, certificates, ACME state: a
+ * key-value table with namespaced keys ("setting/…", "account/…"). */
+int mg_rec_kv_get(struct mg_store *st, MDB_txn *txn, const char *key,
+                  struct mg_buf *value, const char **error_r);
+int mg_rec_kv_put(struct mg_store *st, MDB_txn *txn, const char *key,
+                  const void *value, size_t len, const char **error_r);
+int mg_rec_kv_del(struct mg_store *st, MDB_txn *txn, const char *key,
+                  const char **error_r);
+
+/* ============================================================== message.c */
+
+/** The UIDL of a message: epoch and id, 1–70 printable characters. */
+void mg_msg_uidl(const struct mg_store *st, uint64_t msg_id, char out[40]);
+
+struct mg_store_writer;
+
+/** Completion of a writer step, on the writer thread (see op.complete). */
+typedef void (*mg_store_writer_fn)(struct mg_store_writer *w, int status,
+                                   bool temporary, const char *error,
+                                   void *arg);
+
+/**
+ * Start one message to `n` mailboxes (checked to exist and be active by
+ * the caller). Reserves the ids (one write op: blocks the calling thread
+ * briefly — call it off the loop, or use the async form below).
+ */
+struct mg_store_writer *mg_store_writer_begin(struct mg_store *st,
+                                              const char *const *mailbox_ids,
+                                              size_t n,
+                                              const struct mg_envelope *env,
+                                              const char **error_r);
+/** Ids of the copies (valid for the writer's life). */
+const uint64_t *mg_store_writer_ids(const struct mg_store_writer *w);
+/**
+ * Add message bytes: buffered to whole chunks, encrypted here (the
+ * caller's thread), queued to the writer thread as WRITING data. Returns
+ * MG_AGAIN when more than the queue limit is outstanding: call again after
+ * `drained` ran (writer thread). MG_ERROR: the message failed (a chunk
+ * could not be stored); commit will fail.
+ */
+int mg_store_writer_write(struct mg_store_writer *w, const void *data,
+                          size_t len);
+void mg_store_writer_on_drained(struct mg_store_writer *w,
+                                void (*drained)(void *arg), void *arg);
+/** Push the last chunk and commit every copy in one transaction: VISIBLE
+ * (publish) or HELD. `done` runs once it is durable or failed. */
+void mg_store_writer_commit(struct mg_store_writer *w, bool publish,
+                            mg_store_writer_fn done, void *arg);
+/** For a HELD message: make it VISIBLE, or remove it. */
+void mg_store_writer_publish(struct mg_store_writer *w, mg_store_writer_fn done,
+                             void *arg);
+void mg_store_writer_discard(struct mg_store_writer *w, mg_store_writer_fn done,
+                             void *arg);
+/** Forget the writer; a message neither committed nor discarded is
+ * removed (asynchronously). */
+void mg_store_writer_free(struct mg_store_writer *w);
+
+struct mg_store_reader;
+
+/** Open a message for reading with an unlocked key; reads and checks the
+ * envelope chunk. MG_DECLINED: no such message; MG_ERROR: it fails
+ * authentication. */
+int mg_store_reader_open(struct mg_store *st, const struct mg_vault_key *key,
+                         const char *mailbox_id, uint64_t msg_id,
+                         struct mg_store_reader **r_r, const char **error_r);
+const struct mg_envelope *
+mg_store_reader_envelope(const struct mg_store_reader *r);
+uint64_t mg_store_reader_size(const struct mg_store_reader *r);
+/** The next plaintext piece (one chunk, read in its own short read
+ * transaction). MG_DECLINED at the end; MG_ERROR: authentication failed
+ * or the data is truncated — nothing unauthenticated is returned. */
+int mg_store_reader_next(struct mg_store_reader *r, const void **data_r,
+                         size_t *len_r, const char **error_r);
+void mg_store_reader_close(struct mg_store_reader *r);
+
+#endif /* MG_STORE_INTERNAL_H */
