@@ -49,7 +49,20 @@ static const struct mg_setting cfg_top_schema[] = {
      .max = 1000000},
     {.name = "limit_exempt", .type = MG_SET_STRINGS},
     {.name = "worker_threads", .type = MG_SET_INT, .min = 1, .max = 64},
+    {.name = "store", .type = MG_SET_GROUP},
+    {.name = "kdf_concurrency", .type = MG_SET_INT, .min = 1, .max = 64},
+    {.name = "log_addresses", .type = MG_SET_BOOL},
     {.name = "modules", .type = CFG_SET_GROUPS},
+    {.name = NULL},
+};
+
+/* The store map is sparse: its size only bounds growth. */
+static const struct mg_setting cfg_store_schema[] = {
+    {.name = "map_size",
+     .type = MG_SET_INT,
+     .min = 16LL << 20,
+     .max = 16LL << 40},
+    {.name = "reserve", .type = MG_SET_INT, .min = 0, .max = 1LL << 40},
     {.name = NULL},
 };
 
@@ -809,6 +822,18 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     s->max_connections = mg_cfg_int(root, "max_connections", 1000);
     s->max_connections_per_ip = mg_cfg_int(root, "max_connections_per_ip", 50);
     s->worker_threads = (unsigned)mg_cfg_int(root, "worker_threads", 2);
+    s->kdf_concurrency = (unsigned)mg_cfg_int(root, "kdf_concurrency", 2);
+    s->log_addresses = mg_cfg_bool(root, "log_addresses", false);
+
+    m = config_setting_get_member(root, "store");
+    if (mg_cfg_check_group(m, cfg_store_schema, NULL, "store", error_r) !=
+        MG_OK)
+        return MG_ERROR;
+    s->store_map_size = (uint64_t)mg_cfg_int(m, "map_size", 64LL << 30);
+    s->store_reserve = (uint64_t)mg_cfg_int(m, "reserve", 64LL << 20);
+    if (s->store_reserve * 10 > s->store_map_size)
+        return cfg_fail(error_r, config_setting_get_member(m, "reserve"),
+                        "reserve must be at most a tenth of map_size");
     if (mg_cfg_netlist(root, "limit_exempt", &s->limit_exempt, error_r) !=
         MG_OK)
         return MG_ERROR;

@@ -7,9 +7,8 @@
  * conn id, once the data is fsync'd. Nothing here blocks the loop for
  * longer than a short read transaction, and no call takes a whole message.
  *
- * The core fills `mg_core_api.store` once the store is configured (the
- * store issue); until then it is NULL and modules must refuse mail with a
- * temporary error.
+ * `mg_core_api.store` is NULL only in a process without a store (tests);
+ * a module that needs it refuses to configure then.
  */
 #ifndef MG_STORE_H
 #define MG_STORE_H
@@ -22,7 +21,8 @@ struct mg_msg_writer; /* opaque: one message being stored */
 struct mg_msg_reader; /* opaque: one message being read back */
 struct mg_mbox_key;   /* opaque: an unlocked mailbox key (never the bytes) */
 
-/** Policy and state of a mailbox as the protocol modules need it. */
+/** Policy and state of a mailbox as the protocol modules need it. Owned
+ * by the caller after mailbox_get; release with mailbox_info_free. */
 struct mg_mailbox_info {
     char id[33];
     bool active;         /**< false = suspended: 4xx for new mail */
@@ -31,6 +31,20 @@ struct mg_mailbox_info {
     bool require_tls;    /**< senders must use TLS */
     uint64_t messages;
     uint64_t bytes;
+    char **targets; /**< proxy targets of its own; none = global policy */
+    size_t ntargets;
+    char **networks; /**< sender networks (CIDR); none = any */
+    size_t nnetworks;
+};
+
+/** The envelope of a message, stored inside the encrypted part. */
+struct mg_envelope_info {
+    const char *source; /**< "smtp", "proxy-smtp", "proxy-pop3" */
+    const char *sender; /**< reverse-path without <>, "" for <> */
+    const char *const *rcpts;
+    size_t nrcpts;
+    const char *client; /**< peer address or NULL */
+    const char *tls;    /**< "TLSv1.3 TLS_AES_256_GCM_SHA384" or NULL */
 };
 
 /** Completion of an asynchronous store call, on the loop. `status` is
@@ -40,11 +54,20 @@ struct mg_store_result {
     int status;
     bool temporary;
     const char *error;
-    uint64_t msg_ids[8]; /**< ids of the copies committed (first 8) */
 };
 
 typedef void (*mg_store_done_fn)(uint64_t conn_id,
                                  const struct mg_store_result *res, void *arg);
+/** Called on the loop when a call that said MG_AGAIN can go on. */
+typedef void (*mg_store_resume_fn)(uint64_t conn_id, void *arg);
+
+/** One message of a mailbox listing. */
+struct mg_msg_entry {
+    uint64_t id;
+    uint64_t size;     /**< bytes of the stored message (plaintext) */
+    uint64_t received; /**< unix seconds */
+    char uidl[40];     /**< store epoch + id: never repeated */
+};
 
 /** The store's calls. Ids in, completions by conn id out. */
 struct mg_store_api {
@@ -52,28 +75,44 @@ struct mg_store_api {
     /** Look a mailbox up (short read transaction). MG_DECLINED: none. */
     int (*mailbox_get)(const char *id, struct mg_mailbox_info *info_r,
                        const char **error_r);
+    void (*mailbox_info_free)(struct mg_mailbox_info *info);
 
-    /** Start one message to one or more mailboxes: reserves the message
-     * ids (the encryption binds them) and a fresh key per copy. */
+    /** Start one message to one or more mailboxes (all copies commit
+     * together). Ids come from a pool reserved ahead, so this does not
+     * wait for the disk. MG_ERROR (NULL) with a temporary cause when the
+     * store is within its reserve. */
     struct mg_msg_writer *(*msg_begin)(const char *const *mailbox_ids, size_t n,
+                                       const struct mg_envelope_info *env,
                                        uint64_t conn_id, const char **error_r);
     /** Encrypt and queue a piece of the message (in the caller, not the
-     * writer thread). MG_AGAIN: the writer is behind; wait for `resume`. */
+     * writer thread). MG_AGAIN: the writer is behind; `resume` follows on
+     * the loop. MG_ERROR: the message failed; commit reports why. */
     int (*msg_write)(struct mg_msg_writer *w, const void *data, size_t len,
-                     void (*resume)(uint64_t conn_id, void *arg), void *arg);
+                     mg_store_resume_fn resume, void *arg);
     /** Commit all copies in one durable transaction. `publish` false
-     * leaves them pending (the SMTP proxy) for msg_publish/msg_discard. */
+     * leaves them held (the SMTP proxy) for msg_publish/msg_discard. */
     int (*msg_commit)(struct mg_msg_writer *w, bool publish,
                       mg_store_done_fn done, void *arg);
-    /** Publish or discard a committed pending message. */
+    /** Publish or discard a committed held message. */
     int (*msg_publish)(struct mg_msg_writer *w, mg_store_done_fn done,
                        void *arg);
     int (*msg_discard)(struct mg_msg_writer *w, mg_store_done_fn done,
                        void *arg);
-    /** Forget a writer (after an error or after publish/discard). */
+    /** Forget a writer (after commit, publish or discard; before them it
+     * removes what was written). No callback runs after this. */
     void (*msg_free)(struct mg_msg_writer *w);
 
-    /** Unlock a mailbox key with its password, on the worker pool. */
+    /** The visible messages of a mailbox in arrival order (a snapshot). */
+    int (*msg_list)(const char *mailbox_id, struct mg_msg_entry **list_r,
+                    size_t *n_r, const char **error_r);
+    /** Delete messages in one durable transaction (POP3 UPDATE state);
+     * works when new mail is refused for lack of space. */
+    int (*msg_delete)(const char *mailbox_id, const uint64_t *ids, size_t n,
+                      uint64_t conn_id, mg_store_done_fn done, void *arg);
+
+    /** Unlock a mailbox key with its password on the worker pool; `done`
+     * gets the key (MG_OK), MG_DECLINED for a wrong password or unknown
+     * mailbox (the same delay either way), or MG_ERROR. */
     int (*key_unlock)(const char *mailbox_id, const char *password,
                       uint64_t conn_id,
                       void (*done)(uint64_t conn_id, struct mg_mbox_key *key,
@@ -85,10 +124,11 @@ struct mg_store_api {
      * authenticated before it is handed out. */
     struct mg_msg_reader *(*msg_open)(struct mg_mbox_key *key, uint64_t msg_id,
                                       const char **error_r);
-    /** Next plaintext piece; MG_AGAIN: prefetch running, `resume` follows;
-     * MG_DECLINED: end of message; MG_ERROR: authentication failed. */
+    /** Next plaintext piece, valid until the next call; MG_AGAIN: the next
+     * chunk is being prepared off the loop, `resume` follows; MG_DECLINED:
+     * end of message; MG_ERROR: authentication failed or data missing. */
     int (*msg_read)(struct mg_msg_reader *r, const void **data, size_t *len,
-                    void (*resume)(uint64_t conn_id, void *arg), void *arg);
+                    mg_store_resume_fn resume, void *arg);
     void (*msg_close)(struct mg_msg_reader *r);
 };
 
