@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "mg.h"
+#include "store.h"
 
 static struct mg_generation *api_building;
 
@@ -394,5 +395,6 @@ mg_core_api_get(void)
         api_live = api_table;
         api_live.loop = mg_loop;
     }
+    api_live.store = mg_store_api_get(); /* NULL until the store is open */
     return &api_live;
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "mg.h"
+#include "store.h"
 
 struct ev_loop *mg_loop;
 
@@ -284,9 +286,33 @@ main_prepare_data_dir(const char *dir)
     mg_log(MG_LOG_INFO, "created data directory %s", dir);
 }
 
+/* The store was created as root: hand it to the `user` the daemon drops
+ * to (and mailgatectl drops to), so nothing is left owned by root. */
+static void
+main_chown_store(const struct mg_settings *s)
+{
+    static const char *const files[] = {"", "/data.mdb", "/lock.mdb"};
+    struct passwd *pw;
+
+    if (s->user == NULL || geteuid() != 0)
+        return;
+    pw = getpwnam(s->user);
+    if (pw == NULL)
+        main_die(mg_error("unknown user %s", s->user));
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        char *p = mg_xasprintf("%s/store%s", s->data_dir, files[i]);
+
+        if (chown(p, pw->pw_uid, (gid_t)-1) != 0 && errno != ENOENT)
+            main_die(mg_error("cannot hand %s to user %s: %s", p, s->user,
+                              strerror(errno)));
+        free(p);
+    }
+}
+
 static void
 main_start(void)
 {
+    struct mg_config *cfg;
     struct mg_generation *gen;
     const struct mg_settings *s;
     const char *err;
@@ -294,9 +320,11 @@ main_start(void)
 
     if (!main_foreground)
         main_daemonize();
-    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) != MG_OK)
+    /* the settings first: lock the data directory and open the store
+     * before any module configures, so that modules find api->store */
+    if (mg_config_load(main_config, MG_MODULE_DIR, &cfg, &err) != MG_OK)
         main_die(err);
-    s = &gen->config->s;
+    s = &cfg->s;
     main_apply_logging(s);
     main_data_dir = mg_xstrdup(s->data_dir);
     main_user = s->user != NULL ? mg_xstrdup(s->user) : NULL;
@@ -312,6 +340,13 @@ main_start(void)
     default:
         main_die(err);
     }
+    if (mg_store_api_open(s, &err) != MG_OK)
+        main_die(err);
+    main_chown_store(s);
+    mg_config_free(cfg);
+    if (mg_generation_build(main_config, MG_MODULE_DIR, &gen, &err) != MG_OK)
+        main_die(err);
+    s = &gen->config->s;
     if (mg_generation_start(gen, NULL, "start", &err) != MG_OK) {
         mg_generation_discard(gen);
         main_die(err);
@@ -403,6 +438,7 @@ main(int argc, char **argv)
     ev_run(mg_loop, 0);
 
     mg_conns_close_all();
+    mg_store_api_close(); /* queued writes finish; completions posted */
     mg_workers_stop();
     mg_api_timers_free();
     ev_timer_stop(mg_loop, &main_drain);

@@ -6,7 +6,8 @@ libmgstore_la_SOURCES = \
 	store/codec.c \
 	store/store.c \
 	store/records.c \
-	store/message.c
+	store/message.c \
+	store/module_api.c
 libmgstore_la_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(SODIUM_CFLAGS) \
 	$(LMDB_CFLAGS) $(LIBCONFIG_CFLAGS)
 libmgstore_la_LIBADD = $(SODIUM_LIBS) $(LMDB_LIBS)

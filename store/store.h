@@ -379,6 +379,12 @@ struct mg_store_writer *mg_store_writer_begin(struct mg_store *st,
                                               size_t n,
                                               const struct mg_envelope *env,
                                               const char **error_r);
+/** The same with ids the caller reserved ahead (mg_rec_msg_ids), so
+ * that starting a message never waits for the disk (the daemon). */
+struct mg_store_writer *
+mg_store_writer_begin_ids(struct mg_store *st, const char *const *mailbox_ids,
+                          size_t n, const uint64_t *ids,
+                          const struct mg_envelope *env, const char **error_r);
 /** Ids of the copies (valid for the writer's life). */
 const uint64_t *mg_store_writer_ids(const struct mg_store_writer *w);
 /**
@@ -422,5 +428,16 @@ uint64_t mg_store_reader_size(const struct mg_store_reader *r);
 int mg_store_reader_next(struct mg_store_reader *r, const void **data_r,
                          size_t *len_r, const char **error_r);
 void mg_store_reader_close(struct mg_store_reader *r);
+
+/* ============================================================ module_api.c */
+
+struct mg_store_api;
+
+/** Open the store of the daemon (<data_dir>/store) and the vault. */
+int mg_store_api_open(const struct mg_settings *s, const char **error_r);
+/** The table for modules; NULL before mg_store_api_open. */
+const struct mg_store_api *mg_store_api_get(void);
+/** Finish queued writes and close (completions are posted to the loop). */
+void mg_store_api_close(void);
 
 #endif /* MG_STORE_INTERNAL_H */
