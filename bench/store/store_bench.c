@@ -1,0 +1,518 @@
+/*
+ * bench/store/store_bench.c -- stored messages per second through the
+ * real store, next to its baselines, in one process and one run.
+ *
+ *   mg-store-bench DIR MODE SIZE WRITERS COUNT [PREFILL_DELETE]
+ *
+ *   store   the daemon's path: per message a writer (vault encryption in
+ *           the calling thread, 64 KiB chunks) and a publishing commit,
+ *           through the writer thread's group commit
+ *   raw     the same writer thread and batching, one op per message that
+ *           puts SIZE unencrypted bytes (LMDB's ceiling with our batching)
+ *   fsync   one file per message, written and fsync'd, then the folder
+ *           fsync'd (a queue file per message, Postfix style)
+ *   stream  bare crypto_secretstream_xchacha20poly1305 over SIZE bytes in
+ *           64 KiB chunks, in memory, WRITERS threads (the cipher's ceiling)
+ *   vault   the store's encryption path alone (mg_vault_enc_begin: key,
+ *           crypto_box_seal; then the chunks), in memory
+ *   seal    crypto_box_seal of a 32-byte key (SIZE ignored)
+ *
+ * WRITERS threads each store COUNT/WRITERS messages and wait for each
+ * one's durable completion before the next, like SMTP sessions. With
+ * PREFILL_DELETE > 0 the store first takes and deletes that many messages
+ * (steady state: freed pages being reused). Prints one line:
+ *   mode=store size=65536 writers=32 msgs=2000 secs=1.234 msgs/s=... MB/s=...
+ * DIR is emptied first. Not a test: run it from bench/store/run.sh.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+
+#include "store.h"
+
+static const char *bench_dir;
+static const char *bench_mode;
+static size_t bench_size;
+static unsigned bench_writers;
+static unsigned bench_count;
+static struct mg_store *bench_store;
+static uint64_t bench_next_id;
+static pthread_mutex_t bench_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned char *bench_body;
+static const char *bench_mailbox = "benchmailbox0001";
+
+static double
+bench_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void
+bench_die(const char *what, const char *err)
+{
+    fprintf(stderr, "mg-store-bench: %s: %s\n", what, err ? err : "failed");
+    exit(1);
+}
+
+static void
+bench_rmtree(const char *path)
+{
+    DIR *d = opendir(path);
+    struct dirent *e;
+
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        char *p;
+        struct stat st;
+
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        p = mg_xasprintf("%s/%s", path, e->d_name);
+        if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode))
+            bench_rmtree(p);
+        else
+            unlink(p);
+        free(p);
+    }
+    closedir(d);
+    rmdir(path);
+}
+
+/* ------------------------------------------------------------ a waiter */
+
+struct bench_wait {
+    pthread_mutex_t m;
+    pthread_cond_t c;
+    bool done;
+    int status;
+    char error[200];
+};
+
+static void
+bench_wait_init(struct bench_wait *w)
+{
+    pthread_mutex_init(&w->m, NULL);
+    pthread_cond_init(&w->c, NULL);
+    w->done = false;
+}
+
+static int
+bench_wait_for(struct bench_wait *w)
+{
+    pthread_mutex_lock(&w->m);
+    while (!w->done)
+        pthread_cond_wait(&w->c, &w->m);
+    pthread_mutex_unlock(&w->m);
+    pthread_mutex_destroy(&w->m);
+    pthread_cond_destroy(&w->c);
+    return w->status;
+}
+
+static void
+bench_signal(struct bench_wait *w, int status, const char *error)
+{
+    pthread_mutex_lock(&w->m);
+    w->status = status;
+    snprintf(w->error, sizeof(w->error), "%s", error ? error : "");
+    w->done = true;
+    pthread_cond_signal(&w->c);
+    pthread_mutex_unlock(&w->m);
+}
+
+/* -------------------------------------------------------- store modes */
+
+static uint64_t
+bench_take_id(void)
+{
+    uint64_t id;
+
+    pthread_mutex_lock(&bench_lock);
+    id = bench_next_id++;
+    pthread_mutex_unlock(&bench_lock);
+    return id;
+}
+
+static void
+bench_commit_done(struct mg_store_writer *w, int status, bool temporary,
+                  const char *error, void *arg)
+{
+    (void)w;
+    (void)temporary;
+    bench_signal(arg, status, error);
+}
+
+static void
+bench_drained(void *arg)
+{
+    bench_signal(arg, MG_OK, NULL);
+}
+
+static void
+bench_store_one(void)
+{
+    static const char *const rcpt[] = {"benchmailbox0001@bench.test"};
+    struct mg_envelope env = {
+        .source = "bench",
+        .sender = "sender@bench.test",
+        .rcpts = (char **)rcpt,
+        .nrcpts = 1,
+    };
+    const char *ids[] = {bench_mailbox};
+    uint64_t id = bench_take_id();
+    const char *err = NULL;
+    struct mg_store_writer *w =
+        mg_store_writer_begin_ids(bench_store, ids, 1, &id, &env, &err);
+    struct bench_wait wait;
+    size_t off = 0;
+
+    if (w == NULL)
+        bench_die("writer", err);
+    while (off < bench_size) {
+        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+        int r = mg_store_writer_write(w, bench_body + off, n);
+
+        if (r == MG_AGAIN) {
+            bench_wait_init(&wait);
+            mg_store_writer_on_drained(w, bench_drained, &wait);
+            bench_wait_for(&wait);
+            continue; /* the piece was taken; MG_AGAIN asks to pause */
+        }
+        if (r != MG_OK)
+            bench_die("write", "the writer failed");
+        off += n;
+    }
+    bench_wait_init(&wait);
+    mg_store_writer_commit(w, true, bench_commit_done, &wait);
+    if (bench_wait_for(&wait) != MG_OK)
+        bench_die("commit", wait.error);
+    mg_store_writer_free(w);
+}
+
+struct bench_raw {
+    struct mg_store_op op;
+    uint64_t id;
+};
+
+static int
+bench_raw_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
+{
+    struct bench_raw *r = (struct bench_raw *)op;
+    const char *err = NULL;
+
+    return mg_rec_chunk_put(st, txn, bench_mailbox, r->id, 0, bench_body,
+                            bench_size, &err);
+}
+
+static void
+bench_raw_one(void)
+{
+    struct bench_raw r;
+
+    memset(&r, 0, sizeof(r));
+    r.id = bench_take_id();
+    r.op.apply = bench_raw_apply;
+    r.op.bytes = bench_size;
+    if (mg_store_run(bench_store, &r.op) != MG_OK)
+        bench_die("raw put", r.op.error);
+}
+
+static void
+bench_fsync_one(void)
+{
+    uint64_t id = bench_take_id();
+    char *p = mg_xasprintf("%s/q/%llu", bench_dir, (unsigned long long)id);
+    char *dir = mg_xasprintf("%s/q", bench_dir);
+    int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    size_t off = 0;
+
+    if (fd < 0)
+        bench_die("open", strerror(errno));
+    while (off < bench_size) {
+        ssize_t n = write(fd, bench_body + off, bench_size - off);
+
+        if (n <= 0)
+            bench_die("write", strerror(errno));
+        off += (size_t)n;
+    }
+    if (fsync(fd) != 0)
+        bench_die("fsync", strerror(errno));
+    close(fd);
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || fsync(fd) != 0)
+        bench_die("fsync dir", strerror(errno));
+    close(fd);
+    free(p);
+    free(dir);
+}
+
+static void
+bench_stream_one(void)
+{
+    static _Thread_local unsigned char out[65536 + 17];
+    unsigned char key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    unsigned char header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
+    crypto_secretstream_xchacha20poly1305_state st;
+    size_t off = 0;
+
+    crypto_secretstream_xchacha20poly1305_keygen(key);
+    crypto_secretstream_xchacha20poly1305_init_push(&st, header, key);
+    do {
+        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+        unsigned char tag =
+            off + n >= bench_size ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
+                                  : 0;
+
+        crypto_secretstream_xchacha20poly1305_push(&st, out, NULL,
+                                                   bench_body + off, n, NULL,
+                                                   0, tag);
+        off += n;
+    } while (off < bench_size);
+    sodium_memzero(key, sizeof(key));
+}
+
+static uint8_t bench_pk[MG_VAULT_PK_BYTES];
+
+static void
+bench_vault_one(void)
+{
+    static _Thread_local uint8_t out[65536 + MG_VAULT_ABYTES];
+    uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
+    struct mg_vault_enc *e = mg_vault_enc_begin(bench_pk, bench_mailbox,
+                                                bench_take_id(), sealed,
+                                                header);
+    size_t off = 0;
+
+    do {
+        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+
+        mg_vault_enc_push(e, bench_body + off, n, off + n >= bench_size, out);
+        off += n;
+    } while (off < bench_size);
+    mg_vault_enc_free(e);
+}
+
+static void
+bench_seal_one(void)
+{
+    uint8_t key[32], out[32 + crypto_box_SEALBYTES];
+
+    randombytes_buf(key, sizeof(key));
+    crypto_box_seal(out, key, sizeof(key), bench_pk);
+    sodium_memzero(key, sizeof(key));
+}
+
+static void *
+bench_thread(void *arg)
+{
+    unsigned n = (unsigned)(uintptr_t)arg;
+    void (*one)(void) = strcmp(bench_mode, "store") == 0   ? bench_store_one
+                        : strcmp(bench_mode, "raw") == 0   ? bench_raw_one
+                        : strcmp(bench_mode, "fsync") == 0 ? bench_fsync_one
+                        : strcmp(bench_mode, "vault") == 0 ? bench_vault_one
+                        : strcmp(bench_mode, "seal") == 0  ? bench_seal_one
+                                                           : bench_stream_one;
+
+    for (unsigned i = 0; i < n; i++)
+        one();
+    return NULL;
+}
+
+/* ----------------------------------------------------------- set-up */
+
+static void
+bench_open_store(void)
+{
+    struct mg_store_config cfg = {.map_size = 64ULL << 30};
+    const char *err = NULL;
+    char *dir = mg_xasprintf("%s/store", bench_dir);
+
+    cfg.dir = dir;
+    if (mg_store_open(&cfg, &bench_store, &err) != MG_OK)
+        bench_die("open store", err);
+    free(dir);
+}
+
+struct bench_setup {
+    struct mg_store_op op;
+    const struct mg_mailbox *m;
+    uint64_t nids;
+    uint64_t first;
+};
+
+static int
+bench_setup_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
+{
+    struct bench_setup *s = (struct bench_setup *)op;
+    const char *err = NULL;
+    int r = mg_rec_mailbox_put(st, txn, s->m, &err);
+
+    if (r == MG_OK)
+        r = mg_rec_msg_ids(st, txn, s->nids, &s->first, &err);
+    if (r != MG_OK)
+        snprintf(op->error, sizeof(op->error), "%s", err ? err : "?");
+    return r;
+}
+
+static void
+bench_prepare(uint64_t prefill_delete)
+{
+    struct mg_mailbox m;
+    struct bench_setup setup;
+    const char *err = NULL;
+
+    bench_open_store();
+    memset(&m, 0, sizeof(m));
+    snprintf(m.id, sizeof(m.id), "%s", bench_mailbox);
+    m.name = (char *)"bench";
+    m.description = (char *)"";
+    m.active = true;
+    m.accept_journal = true;
+    m.accept_proxy = true;
+    if (mg_vault_keys_new("bench-password", crypto_pwhash_OPSLIMIT_MIN,
+                          crypto_pwhash_MEMLIMIT_MIN, m.pk, &m.wraps[0],
+                          &err) != MG_OK)
+        bench_die("keys", err);
+    m.nwraps = 1;
+    memset(&setup, 0, sizeof(setup));
+    setup.m = &m;
+    setup.nids = bench_count + prefill_delete + 16;
+    setup.op.apply = bench_setup_apply;
+    if (mg_store_run(bench_store, &setup.op) != MG_OK)
+        bench_die("set-up", setup.op.error);
+    bench_next_id = setup.first;
+}
+
+struct bench_del {
+    struct mg_store_op op;
+    uint64_t first, n;
+};
+
+static int
+bench_del_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
+{
+    struct bench_del *d = (struct bench_del *)op;
+
+    for (uint64_t i = 0; i < d->n; i++) {
+        const char *err = NULL;
+        int r = mg_rec_msg_delete(st, txn, bench_mailbox, d->first + i, &err);
+
+        if (r != MG_OK && r != MG_DECLINED) {
+            snprintf(op->error, sizeof(op->error), "%s", err ? err : "?");
+            return r;
+        }
+    }
+    return MG_OK;
+}
+
+/* Fill with `n` messages and delete them all: the run that follows
+ * reuses freed pages, as a gateway does once archivers drain it. */
+static void
+bench_churn(uint64_t n)
+{
+    uint64_t first = bench_next_id;
+    const char *mode = bench_mode;
+    unsigned count = bench_count;
+    struct bench_del del;
+
+    bench_mode = "store";
+    bench_count = (unsigned)n;
+    for (uint64_t i = 0; i < n; i++)
+        bench_store_one();
+    memset(&del, 0, sizeof(del));
+    del.first = first;
+    del.n = n;
+    del.op.apply = bench_del_apply;
+    if (mg_store_run(bench_store, &del.op) != MG_OK)
+        bench_die("delete", del.op.error);
+    bench_mode = mode;
+    bench_count = count;
+}
+
+int
+main(int argc, char **argv)
+{
+    uint64_t prefill = 0;
+    pthread_t *th;
+    const char *err = NULL;
+    double t0, secs;
+
+    if (argc < 6) {
+        fprintf(stderr, "usage: %s DIR store|raw|fsync|stream SIZE WRITERS "
+                        "COUNT [PREFILL_DELETE]\n",
+                argv[0]);
+        return 2;
+    }
+    bench_dir = argv[1];
+    bench_mode = argv[2];
+    bench_size = strtoull(argv[3], NULL, 10);
+    bench_writers = (unsigned)strtoul(argv[4], NULL, 10);
+    bench_count = (unsigned)strtoul(argv[5], NULL, 10);
+    if (argc > 6)
+        prefill = strtoull(argv[6], NULL, 10);
+    if (bench_writers == 0 || bench_count < bench_writers)
+        bench_die("arguments", "need WRITERS >= 1 and COUNT >= WRITERS");
+    mg_log_setup("mg-store-bench", MG_LOG_WARNING, MG_LOGT_STDERR);
+    if (mg_vault_init(4, &err) != MG_OK)
+        bench_die("vault", err);
+    bench_rmtree(bench_dir);
+    if (mkdir(bench_dir, 0700) != 0)
+        bench_die(bench_dir, strerror(errno));
+    bench_body = mg_xmalloc(bench_size ? bench_size : 1);
+    randombytes_buf(bench_body, bench_size);
+    if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0) {
+        bench_prepare(prefill);
+        if (prefill > 0)
+            bench_churn(prefill);
+    } else if (strcmp(bench_mode, "fsync") == 0) {
+        char *q = mg_xasprintf("%s/q", bench_dir);
+
+        mkdir(q, 0700);
+        free(q);
+    } else if (strcmp(bench_mode, "vault") == 0 ||
+               strcmp(bench_mode, "seal") == 0) {
+        uint8_t sk[32];
+
+        crypto_box_keypair(bench_pk, sk);
+        sodium_memzero(sk, sizeof(sk));
+    } else if (strcmp(bench_mode, "stream") != 0) {
+        bench_die("mode", "store, raw, fsync, stream, vault or seal");
+    }
+
+    th = mg_xcalloc(bench_writers, sizeof(*th));
+    t0 = bench_now();
+    for (unsigned i = 0; i < bench_writers; i++) {
+        unsigned n = bench_count / bench_writers +
+                     (i < bench_count % bench_writers ? 1 : 0);
+
+        pthread_create(&th[i], NULL, bench_thread, (void *)(uintptr_t)n);
+    }
+    for (unsigned i = 0; i < bench_writers; i++)
+        pthread_join(th[i], NULL);
+    secs = bench_now() - t0;
+    printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
+           "MB/s=%.1f\n",
+           bench_mode, bench_size, bench_writers, bench_count,
+           prefill > 0 ? " steady=1" : "", secs, bench_count / secs,
+           (double)bench_count * (double)bench_size / secs / 1e6);
+    if (bench_store != NULL)
+        mg_store_close(bench_store);
+    bench_rmtree(bench_dir);
+    free(th);
+    free(bench_body);
+    return 0;
+}
