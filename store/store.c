@@ -544,16 +544,12 @@ store_apply(struct mg_store *st, MDB_txn *parent, struct mg_store_op *op)
     if (lrc == MDB_PANIC)
         st->need_reopen = true;
     if (store_rc_temporary(lrc)) {
-        char detail[sizeof(op->error)];
+        const char *text = store_rc_text(lrc);
 
-        snprintf(detail, sizeof(detail), "%s", op->error);
-        if (detail[0] != '\0' && strcmp(detail, store_rc_text(lrc)) != 0)
-            snprintf(op->error, sizeof(op->error), "%s (%s)",
-                     store_rc_text(lrc), detail);
-        else
-            snprintf(op->error, sizeof(op->error), "%s", store_rc_text(lrc));
-        op->status = MG_ERROR;
-        op->temporary = true;
+        /* the short cause first, the op's own detail after it */
+        if (op->error[0] != '\0' && strcmp(op->error, text) != 0)
+            text = store_error("%s (%s)", text, op->error);
+        store_op_fail(op, true, text);
         return;
     }
     if (op->error[0] == '\0')
