@@ -64,8 +64,10 @@ setup_map(void **state, uint64_t map_size)
     struct fixture *f = calloc(1, sizeof(*f));
 
     snprintf(f->dir, sizeof(f->dir), "/tmp/test_store.XXXXXX");
-    if (mkdtemp(f->dir) == NULL)
+    if (mkdtemp(f->dir) == NULL) {
+        free(f);
         return -1;
+    }
     snprintf(f->path, sizeof(f->path), "%s/store", f->dir);
     f->st = open_store(f->path, map_size, false);
     *state = f;
@@ -342,6 +344,13 @@ test_open_format_epoch(void **state)
     snprintf(epoch, sizeof(epoch), "%s", mg_store_epoch(f->st));
     assert_int_equal(stat(f->path, &sb), 0);
     assert_int_equal(sb.st_mode & 0777, 0700);
+    {
+        char data[128];
+
+        snprintf(data, sizeof(data), "%s/data.mdb", f->path);
+        assert_int_equal(stat(data, &sb), 0);
+        assert_int_equal(sb.st_mode & 0077, 0);
+    }
 
     assert_int_equal(mdb_env_get_flags(mg_store_env(f->st), &flags), 0);
     assert_int_equal(flags & (MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP), 0);
