@@ -698,6 +698,7 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
     struct mg_store_config cfg = {
         .map_size = s->store_map_size,
         .reserve = s->store_reserve,
+        .recover = true, /* the daemon holds the data directory */
     };
     char *dir = mg_xasprintf("%s/store", s->data_dir);
     uint64_t ops, mem;

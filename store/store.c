@@ -798,7 +798,9 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
         return MG_ERROR;
     }
     if (!st->read_only) {
-        if (store_recover(st, error_r) != MG_OK)
+        /* only the holder of the data directory (the daemon) may clean up:
+         * another process would remove the daemon's messages in flight */
+        if (cfg->recover && store_recover(st, error_r) != MG_OK)
             goto fail;
         rc = pthread_create(&st->writer, NULL, store_writer, st);
         if (rc != 0) {

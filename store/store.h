@@ -204,6 +204,8 @@ struct mg_store_config {
     uint64_t map_size; /* bytes; sparse; default 64 GiB */
     uint64_t reserve;  /* bytes kept free for deletions; default 64 MiB */
     bool read_only;    /* tools that only read */
+    bool recover;      /* clean up after a crash: only the process that
+                          holds the data directory lock (the daemon) */
 };
 
 struct mg_store;
@@ -212,9 +214,9 @@ struct mg_store;
  * Open (or create) the store: the environment with durable default flags
  * (no NOSYNC, NOMETASYNC or WRITEMAP; MDB_NOTLS), the named databases, the
  * format version (refuses a newer one) and the epoch (new at creation).
- * Clears stale reader slots, removes orphaned WRITING messages and
- * publishes HELD ones (flagged MG_MSG_F_UNCONFIRMED), then starts the
- * writer thread (not for read_only).
+ * Clears stale reader slots; with `recover` removes orphaned WRITING
+ * messages and publishes HELD ones (flagged MG_MSG_F_UNCONFIRMED); then
+ * starts the writer thread (not for read_only).
  */
 int mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
                   const char **error_r);

@@ -46,16 +46,25 @@ rm_tree(const char *dir)
 }
 
 static struct mg_store *
-open_store(const char *path, uint64_t map_size, bool read_only)
+open_store_as(const char *path, uint64_t map_size, bool read_only, bool recover)
 {
-    struct mg_store_config cfg = {
-        .dir = path, .map_size = map_size, .read_only = read_only};
+    struct mg_store_config cfg = {.dir = path,
+                                  .map_size = map_size,
+                                  .read_only = read_only,
+                                  .recover = recover};
     struct mg_store *st = NULL;
     const char *error = NULL;
 
     if (mg_store_open(&cfg, &st, &error) != MG_OK)
         fail_msg("open %s: %s", path, error);
     return st;
+}
+
+/* As the daemon opens it: the data directory is ours, recover. */
+static struct mg_store *
+open_store(const char *path, uint64_t map_size, bool read_only)
+{
+    return open_store_as(path, map_size, read_only, !read_only);
 }
 
 static int
@@ -892,6 +901,17 @@ test_recovery(void **state)
     assert_int_equal(run_write(f->st, put_msg, &h, NULL), MG_OK);
     assert_int_equal(run_write(f->st, put_msg, &v, NULL), MG_OK);
     assert_int_equal(run_write(f->st, put_msg, &orphan, NULL), MG_OK);
+
+    /* a second process (mailgatectl) never cleans up the daemon's
+     * messages in flight */
+    struct mg_store *other = open_store_as(f->path, 64ULL << 20, false, false);
+
+    assert_int_equal(get_msg(other, MB1, 1, &hd), MG_OK);
+    assert_int_equal(hd.state, MG_MSG_WRITING);
+    assert_int_equal(get_msg(other, MB1, 2, &hd), MG_OK);
+    assert_int_equal(hd.state, MG_MSG_HELD);
+    mg_store_close(other);
+
     reopen(f);
 
     assert_int_equal(get_msg(f->st, MB1, 1, &hd), MG_DECLINED);
