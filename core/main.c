@@ -292,12 +292,12 @@ static void
 main_chown_store(const struct mg_settings *s)
 {
     static const char *const files[] = {"", "/data.mdb", "/lock.mdb"};
-    struct passwd *pw;
+    struct passwd pwbuf, *pw = NULL;
+    char buf[4096];
 
     if (s->user == NULL || geteuid() != 0)
         return;
-    pw = getpwnam(s->user);
-    if (pw == NULL)
+    if (getpwnam_r(s->user, &pwbuf, buf, sizeof(buf), &pw) != 0 || pw == NULL)
         main_die(mg_error("unknown user %s", s->user));
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         char *p = mg_xasprintf("%s/store%s", s->data_dir, files[i]);

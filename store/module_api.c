@@ -476,10 +476,8 @@ struct mg_mbox_key {
 static char *
 ma_secret_dup(const char *s, size_t len)
 {
-    char *p = sodium_malloc(len + 1);
+    char *p = mg_vault_secure_alloc(len + 1);
 
-    if (p == NULL)
-        mg_fatalx("out of secure memory");
     memcpy(p, s, len);
     p[len] = '\0';
     return p;

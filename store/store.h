@@ -73,6 +73,9 @@ struct mg_vault_enc;
 /** The decryption state of one message copy (sodium_malloc'd). */
 struct mg_vault_dec;
 
+/** Guarded, locked memory (sodium_malloc) for secrets; aborts when there
+ * is none. Free with sodium_free (it wipes). */
+void *mg_vault_secure_alloc(size_t n);
 /** sodium_init() and the derivation cap; call once per process. */
 int mg_vault_init(unsigned max_derivations, const char **error_r);
 /** Argon2id parameters for new wraps (INTERACTIVE: ≥128-bit passwords). */

@@ -272,6 +272,16 @@ vault_ad(uint8_t ad[VAULT_AD_MAX], const char *mailbox_id, uint64_t msg_id)
 
 /* Returns NULL only when pk is not a usable public key (crypto_box_seal
  * refuses low-order points), i.e. a corrupt mailbox record. */
+void *
+mg_vault_secure_alloc(size_t n)
+{
+    void *p = sodium_malloc(n);
+
+    if (p == NULL)
+        mg_fatalx("vault: out of secure memory (%zu bytes)", n);
+    return p;
+}
+
 struct mg_vault_enc *
 mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
                    uint64_t msg_id, uint8_t sealed_key[MG_VAULT_SEALED_KEY],
@@ -280,9 +290,7 @@ mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
     uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     struct mg_vault_enc *e;
 
-    e = sodium_malloc(sizeof(*e));
-    if (e == NULL)
-        mg_fatalx("vault: out of secure memory");
+    e = mg_vault_secure_alloc(sizeof(*e));
     e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
     crypto_secretstream_xchacha20poly1305_keygen(key);
     if (crypto_box_seal(sealed_key, key, sizeof(key), pk) != 0) {
@@ -334,9 +342,7 @@ mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
         *error_r = "cannot open the message key";
         return MG_ERROR;
     }
-    d = sodium_malloc(sizeof(*d));
-    if (d == NULL)
-        mg_fatalx("vault: out of secure memory");
+    d = mg_vault_secure_alloc(sizeof(*d));
     d->adlen = vault_ad(d->ad, mailbox_id, msg_id);
     d->finished = false;
     d->failed = false;

@@ -89,8 +89,9 @@ else
     lint_fail=$((lint_fail + 1))
 fi
 if (cd "$SRCDIR" && cppcheck --std=c11 --library=posix \
+        --library=tests/cppcheck.cfg \
         --enable=warning,performance,portability --error-exitcode=1 -q \
-        -I include -I core core store modules); then
+        -I include -I core -I store core store modules); then
     lint_pass=$((lint_pass + 1))
 else
     lint_fail=$((lint_fail + 1))
