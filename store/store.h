@@ -284,6 +284,12 @@ int mg_store_backup(struct mg_store *st, const char *dir, const char **error_r);
 void mg_rec_msg_key(uint8_t key[MG_MSG_KEY], const char *mailbox_id,
                     uint64_t msg_id);
 
+/** Every mg_rec_* function returns MG_OK, MG_DECLINED or MG_ERROR; behind
+ * an MG_ERROR caused by LMDB or the system (map full, disk full, I/O) this
+ * returns that code once (0 otherwise) and clears it. Thread-local: the
+ * writer calls it after a failed apply to classify the failure. */
+int mg_rec_take_rc(void);
+
 /** MG_DECLINED: no such mailbox. */
 int mg_rec_mailbox_get(struct mg_store *st, MDB_txn *txn, const char *id,
                        struct mg_mailbox *m, const char **error_r);

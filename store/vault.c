@@ -1,1 +1,400 @@
+/*
+ * store/vault.c -- mailbox key pairs, password wraps and message streams
+ * (libsodium only).
+ *
+ * The vault performs operations and never hands key bytes out: unlocked
+ * private keys and derived keys live in sodium_malloc'd memory, per-message
+ * keys on the stack, and all of them are wiped after use. Error texts are
+ * string literals because derivations run on worker threads (mg_error's
+ * rotating buffers belong to the loop thread).
+ */
 #include "config.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "store.h"
+
+/* the header's sizes are libsodium's */
+_Static_assert(MG_VAULT_PK_BYTES == crypto_box_PUBLICKEYBYTES, "pk size");
+_Static_assert(crypto_box_SECRETKEYBYTES == 32, "sk size");
+_Static_assert(MG_VAULT_SEALED_KEY ==
+                   crypto_box_SEALBYTES +
+                       crypto_secretstream_xchacha20poly1305_KEYBYTES,
+               "sealed key size");
+_Static_assert(MG_VAULT_HEADER ==
+                   crypto_secretstream_xchacha20poly1305_HEADERBYTES,
+               "stream header size");
+_Static_assert(MG_VAULT_ABYTES == crypto_secretstream_xchacha20poly1305_ABYTES,
+               "chunk overhead");
+_Static_assert(MG_VAULT_SALT == crypto_pwhash_SALTBYTES, "salt size");
+_Static_assert(MG_VAULT_NONCE == crypto_secretbox_NONCEBYTES, "nonce size");
+_Static_assert(MG_VAULT_WRAPPED ==
+                   crypto_secretbox_MACBYTES + crypto_box_SECRETKEYBYTES,
+               "wrapped key size");
+_Static_assert(crypto_secretbox_KEYBYTES == 32, "wrap key size");
+
+/* Limits beyond these are not parameters anybody chose: a corrupt record
+ * must not make us spin for hours or allocate the machine away. */
+#define VAULT_OPSLIMIT_MAX 64
+#define VAULT_MEMLIMIT_MAX (UINT64_C(4) << 30)
+
+/* associated data: mailbox id, NUL, message id (8 bytes big-endian) */
+#define VAULT_AD_MAX (MG_MAILBOX_ID_MAX + 1 + 8)
+
+struct mg_vault_key {
+    uint8_t sk[crypto_box_SECRETKEYBYTES];
+    uint8_t pk[MG_VAULT_PK_BYTES];
+};
+
+struct mg_vault_enc {
+    crypto_secretstream_xchacha20poly1305_state st;
+    uint8_t ad[VAULT_AD_MAX];
+    size_t adlen;
+};
+
+struct mg_vault_dec {
+    crypto_secretstream_xchacha20poly1305_state st;
+    uint8_t ad[VAULT_AD_MAX];
+    size_t adlen;
+    bool finished; /* the FINAL chunk was pulled */
+    bool failed;   /* a chunk failed: the stream is dead */
+};
+
+/* The derivation cap: a counting semaphore. Each Argon2id run takes
+ * memlimit bytes and a core; a burst of logins must queue, not swap. */
+static pthread_mutex_t vault_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t vault_cond = PTHREAD_COND_INITIALIZER;
+static unsigned vault_max = 1;
+static unsigned vault_running;
+
+int
+mg_vault_init(unsigned max_derivations, const char **error_r)
+{
+    if (sodium_init() < 0) {
+        *error_r = "libsodium cannot be initialised";
+        return MG_ERROR;
+    }
+    pthread_mutex_lock(&vault_lock);
+    vault_max = max_derivations > 0 ? max_derivations : 1;
+    pthread_cond_broadcast(&vault_cond);
+    pthread_mutex_unlock(&vault_lock);
+    return MG_OK;
+}
+
+void
+mg_vault_default_limits(uint64_t *opslimit, uint64_t *memlimit)
+{
+    *opslimit = crypto_pwhash_OPSLIMIT_INTERACTIVE;
+    *memlimit = crypto_pwhash_MEMLIMIT_INTERACTIVE;
+}
+
+/*
+ * 31 characters: a-z and 2-9 without 0/o, 1/l/i. 7 groups of 4 = 28
+ * characters, log2(31) * 28 = 138.7 bits of entropy (≥ 128, so Argon2id
+ * INTERACTIVE limits suffice); 34 characters with the dashes.
+ */
+static const char vault_alphabet[] = "23456789abcdefghjkmnpqrstuvwxyz";
+#define VAULT_PW_GROUPS 7
+#define VAULT_PW_GROUP  4
+_Static_assert(VAULT_PW_GROUPS *(VAULT_PW_GROUP + 1) <= MG_VAULT_PASSWORD_MAX,
+               "password buffer");
+
+void
+mg_vault_password_new(char out[MG_VAULT_PASSWORD_MAX])
+{
+    size_t n = 0;
+
+    for (unsigned g = 0; g < VAULT_PW_GROUPS; g++) {
+        if (g > 0)
+            out[n++] = '-';
+        for (unsigned i = 0; i < VAULT_PW_GROUP; i++)
+            out[n++] = vault_alphabet[randombytes_uniform(
+                (uint32_t)(sizeof(vault_alphabet) - 1))];
+    }
+    out[n] = '\0';
+}
+
+static bool
+vault_limits_sane(uint64_t opslimit, uint64_t memlimit)
+{
+    return opslimit >= crypto_pwhash_OPSLIMIT_MIN &&
+           opslimit <= VAULT_OPSLIMIT_MAX &&
+           memlimit >= crypto_pwhash_MEMLIMIT_MIN &&
+           memlimit <= VAULT_MEMLIMIT_MAX && memlimit <= SIZE_MAX;
+}
+
+/* Argon2id under the derivation cap; 0 or -1 (out of memory) */
+static int
+vault_derive(uint8_t key[crypto_secretbox_KEYBYTES], const char *password,
+             const uint8_t salt[MG_VAULT_SALT], uint64_t opslimit,
+             uint64_t memlimit)
+{
+    int rc;
+
+    pthread_mutex_lock(&vault_lock);
+    while (vault_running >= vault_max)
+        pthread_cond_wait(&vault_cond, &vault_lock);
+    vault_running++;
+    pthread_mutex_unlock(&vault_lock);
+
+    rc = crypto_pwhash(key, crypto_secretbox_KEYBYTES, password,
+                       strlen(password), salt, opslimit, (size_t)memlimit,
+                       crypto_pwhash_ALG_ARGON2ID13);
+
+    pthread_mutex_lock(&vault_lock);
+    vault_running--;
+    pthread_cond_signal(&vault_cond);
+    pthread_mutex_unlock(&vault_lock);
+    return rc;
+}
+
+int
+mg_vault_keys_new(const char *password, uint64_t opslimit, uint64_t memlimit,
+                  uint8_t pk[MG_VAULT_PK_BYTES], struct mg_vault_wrap *wrap,
+                  const char **error_r)
+{
+    uint8_t *sk, *key;
+    int rc = MG_ERROR;
+
+    memset(wrap, 0, sizeof(*wrap));
+    if (!vault_limits_sane(opslimit, memlimit)) {
+        *error_r = "invalid Argon2id limits";
+        return MG_ERROR;
+    }
+    sk = sodium_malloc(crypto_box_SECRETKEYBYTES);
+    key = sodium_malloc(crypto_secretbox_KEYBYTES);
+    if (sk == NULL || key == NULL) {
+        *error_r = "out of secure memory";
+        goto out;
+    }
+    crypto_box_keypair(pk, sk);
+    wrap->kind = MG_WRAP_PASSWORD;
+    wrap->alg = MG_WRAP_ALG_ARGON2ID_SECRETBOX;
+    wrap->opslimit = opslimit;
+    wrap->memlimit = memlimit;
+    randombytes_buf(wrap->salt, sizeof(wrap->salt));
+    randombytes_buf(wrap->nonce, sizeof(wrap->nonce));
+    if (vault_derive(key, password, wrap->salt, opslimit, memlimit) != 0) {
+        *error_r = "Argon2id key derivation failed (out of memory?)";
+        memset(wrap, 0, sizeof(*wrap));
+        goto out;
+    }
+    crypto_secretbox_easy(wrap->wrapped, sk, crypto_box_SECRETKEYBYTES,
+                          wrap->nonce, key);
+    rc = MG_OK;
+out:
+    /* sodium_free wipes before unmapping; NULL is accepted */
+    sodium_free(key);
+    sodium_free(sk);
+    return rc;
+}
+
+int
+mg_vault_unlock(const struct mg_vault_wrap *wrap,
+                const uint8_t pk[MG_VAULT_PK_BYTES], const char *password,
+                struct mg_vault_key **key_r, const char **error_r)
+{
+    uint8_t check[MG_VAULT_PK_BYTES];
+    struct mg_vault_key *k;
+    uint8_t *key;
+    int rc = MG_ERROR;
+
+    *key_r = NULL;
+    /* a recovery wrap (later) is a passphrase through the same algorithm */
+    if ((wrap->kind != MG_WRAP_PASSWORD && wrap->kind != MG_WRAP_RECOVERY) ||
+        wrap->alg != MG_WRAP_ALG_ARGON2ID_SECRETBOX) {
+        *error_r = "corrupt wrap: unknown kind or algorithm";
+        return MG_ERROR;
+    }
+    if (!vault_limits_sane(wrap->opslimit, wrap->memlimit)) {
+        *error_r = "corrupt wrap: absurd Argon2id limits";
+        return MG_ERROR;
+    }
+    key = sodium_malloc(crypto_secretbox_KEYBYTES);
+    k = sodium_malloc(sizeof(*k));
+    if (key == NULL || k == NULL) {
+        *error_r = "out of secure memory";
+        goto out;
+    }
+    if (vault_derive(key, password, wrap->salt, wrap->opslimit,
+                     wrap->memlimit) != 0) {
+        *error_r = "Argon2id key derivation failed (out of memory?)";
+        goto out;
+    }
+    if (crypto_secretbox_open_easy(k->sk, wrap->wrapped, MG_VAULT_WRAPPED,
+                                   wrap->nonce, key) != 0) {
+        *error_r = "wrong password";
+        rc = MG_DECLINED;
+        goto out;
+    }
+    /* a wrap copied from another mailbox opens but is not this key */
+    if (crypto_scalarmult_base(check, k->sk) != 0 ||
+        sodium_memcmp(check, pk, MG_VAULT_PK_BYTES) != 0) {
+        *error_r = "wrong password (the key does not belong to this mailbox)";
+        rc = MG_DECLINED;
+        goto out;
+    }
+    memcpy(k->pk, pk, MG_VAULT_PK_BYTES);
+    sodium_mprotect_readonly(k);
+    *key_r = k;
+    k = NULL;
+    rc = MG_OK;
+out:
+    sodium_free(k);
+    sodium_free(key);
+    return rc;
+}
+
+void
+mg_vault_key_free(struct mg_vault_key *key)
+{
+    sodium_free(key);
+}
+
+/* The chunk AD. Mailbox ids are validated long before they get here, so
+ * an overlong one is a programming error. */
+static size_t
+vault_ad(uint8_t ad[VAULT_AD_MAX], const char *mailbox_id, uint64_t msg_id)
+{
+    size_t n = strlen(mailbox_id);
+
+    if (n > MG_MAILBOX_ID_MAX)
+        mg_fatalx("vault: mailbox id of %zu characters", n);
+    memcpy(ad, mailbox_id, n);
+    ad[n++] = 0;
+    for (int i = 7; i >= 0; i--)
+        ad[n++] = (uint8_t)(msg_id >> (i * 8));
+    return n;
+}
+
+/* Returns NULL only when pk is not a usable public key (crypto_box_seal
+ * refuses low-order points), i.e. a corrupt mailbox record. */
+struct mg_vault_enc *
+mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
+                   uint64_t msg_id, uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                   uint8_t header[MG_VAULT_HEADER])
+{
+    uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    struct mg_vault_enc *e;
+
+    e = sodium_malloc(sizeof(*e));
+    if (e == NULL)
+        mg_fatalx("vault: out of secure memory");
+    e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
+    crypto_secretstream_xchacha20poly1305_keygen(key);
+    if (crypto_box_seal(sealed_key, key, sizeof(key), pk) != 0) {
+        sodium_memzero(key, sizeof(key));
+        sodium_free(e);
+        return NULL;
+    }
+    crypto_secretstream_xchacha20poly1305_init_push(&e->st, header, key);
+    sodium_memzero(key, sizeof(key));
+    return e;
+}
+
+void
+mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
+                  bool final, uint8_t *out)
+{
+    if (len > MG_VAULT_CHUNK)
+        mg_fatalx("vault: chunk of %zu bytes (max %d)", len, MG_VAULT_CHUNK);
+    crypto_secretstream_xchacha20poly1305_push(
+        &e->st, out, NULL, in, len, e->ad, e->adlen,
+        final ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
+              : crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+}
+
+void
+mg_vault_enc_free(struct mg_vault_enc *e)
+{
+    sodium_free(e);
+}
+
+int
+mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
+                   uint64_t msg_id,
+                   const uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                   const uint8_t header[MG_VAULT_HEADER],
+                   struct mg_vault_dec **dec_r, const char **error_r)
+{
+    uint8_t mkey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    struct mg_vault_dec *d;
+
+    *dec_r = NULL;
+    if (strlen(mailbox_id) > MG_MAILBOX_ID_MAX) {
+        *error_r = "invalid mailbox id";
+        return MG_ERROR;
+    }
+    if (crypto_box_seal_open(mkey, sealed_key, MG_VAULT_SEALED_KEY, key->pk,
+                             key->sk) != 0) {
+        sodium_memzero(mkey, sizeof(mkey));
+        *error_r = "cannot open the message key";
+        return MG_ERROR;
+    }
+    d = sodium_malloc(sizeof(*d));
+    if (d == NULL)
+        mg_fatalx("vault: out of secure memory");
+    d->adlen = vault_ad(d->ad, mailbox_id, msg_id);
+    d->finished = false;
+    d->failed = false;
+    if (crypto_secretstream_xchacha20poly1305_init_pull(&d->st, header, mkey) !=
+        0) {
+        sodium_memzero(mkey, sizeof(mkey));
+        sodium_free(d);
+        *error_r = "invalid message stream header";
+        return MG_ERROR;
+    }
+    sodium_memzero(mkey, sizeof(mkey));
+    *dec_r = d;
+    return MG_OK;
+}
+
+/*
+ * One chunk. Authentication covers the chunk, its position in the stream
+ * and the AD (mailbox, message id), so flipped bits, swapped or reordered
+ * chunks, and a message moved to another id or mailbox fail here. What
+ * the stream cannot see by itself is its end: data after the FINAL chunk
+ * and a stream cut before it. The caller (message.c) must treat *final as
+ * the only valid end: a chunk after FINAL is refused here, and running
+ * out of chunks without having seen *final is truncation.
+ */
+int
+mg_vault_dec_pull(struct mg_vault_dec *d, const uint8_t *in, size_t len,
+                  uint8_t *out, size_t *outlen, bool *final)
+{
+    unsigned long long n = 0;
+    unsigned char tag = 0;
+
+    *outlen = 0;
+    *final = false;
+    if (d->finished || d->failed || len < MG_VAULT_ABYTES ||
+        len - MG_VAULT_ABYTES > MG_VAULT_CHUNK) {
+        d->failed = true;
+        return MG_ERROR;
+    }
+    if (crypto_secretstream_xchacha20poly1305_pull(&d->st, out, &n, &tag, in,
+                                                   len, d->ad, d->adlen) != 0 ||
+        (tag != crypto_secretstream_xchacha20poly1305_TAG_MESSAGE &&
+         tag != crypto_secretstream_xchacha20poly1305_TAG_FINAL)) {
+        /* nothing unauthenticated may leave: wipe what pull may have
+         * written */
+        sodium_memzero(out, len - MG_VAULT_ABYTES);
+        d->failed = true;
+        return MG_ERROR;
+    }
+    *outlen = (size_t)n;
+    if (tag == crypto_secretstream_xchacha20poly1305_TAG_FINAL) {
+        d->finished = true;
+        *final = true;
+    }
+    return MG_OK;
+}
+
+void
+mg_vault_dec_free(struct mg_vault_dec *d)
+{
+    sodium_free(d);
+}
