@@ -37,7 +37,8 @@ struct ctl {
     gid_t gid;
 };
 
-/** One command: `mailgatectl [options] NAME ARGS...`. */
+/** One command: `mailgatectl [options] NAME ARGS...`; run() gets argv
+ * from NAME on (getopt_long skips argv[0]). */
 struct ctl_command {
     const char *name;
     int (*run)(struct ctl *ctl, int argc, char **argv);

@@ -210,6 +210,17 @@ ctl_backup(struct ctl *ctl, int argc, char **argv)
         ctl_err("the store copy failed: %s", error);
         goto fail;
     }
+    {
+        char *data = mg_xasprintf("%s/data.mdb", store_dir);
+
+        /* LMDB creates it with the umask's mode */
+        if (chmod(data, 0600) != 0) {
+            ctl_err("cannot chmod %s: %s", data, strerror(errno));
+            free(data);
+            goto fail;
+        }
+        free(data);
+    }
     mg_store_close(st);
     st = NULL;
     conf_dst = mg_xasprintf("%s/%s", dir, BACKUP_CONFIG);
@@ -250,8 +261,10 @@ ctl_backup(struct ctl *ctl, int argc, char **argv)
                cert ? "cert.pem" : "none configured or not found");
         printf("  %-16s %s\n", "key:",
                key ? "key.pem (mode 0600)" : "none configured or not found");
-        printf("Keep the backup private: it holds the TLS key. Messages in "
-               "it stay\nencrypted to their mailboxes' passwords.\n");
+        if (key)
+            printf("Keep the backup private: it holds the TLS key. ");
+        printf("Messages in the backup stay encrypted\nto their mailboxes' "
+               "passwords.\n");
     }
     free(store_dir);
     free(conf_dst);
@@ -335,6 +348,20 @@ restore_cert_file(struct ctl *ctl, int fd, const char *path, mode_t mode,
     return MG_OK;
 }
 
+/* "<base>", or "<base>-2", "-3", … when a restore ran in the same second */
+static char *
+restore_unique(const char *base)
+{
+    char *path = mg_xstrdup(base);
+    struct stat sb;
+
+    for (int i = 2; lstat(path, &sb) == 0; i++) {
+        free(path);
+        path = mg_xasprintf("%s-%d", base, i);
+    }
+    return path;
+}
+
 /* the store copy goes in beside the old store, which is then moved
  * aside: there is always one complete store under some name */
 static int
@@ -342,11 +369,17 @@ restore_store(struct ctl *ctl, int fd, const char *stamp, char **aside_r)
 {
     const char *data_dir = ctl->cfg->s.data_dir, *error;
     char *store = ctl_store_dir(ctl);
-    char *tmp = mg_xasprintf("%s/store.restoring-%s", data_dir, stamp);
+    char *base = mg_xasprintf("%s/store.restoring-%s", data_dir, stamp);
+    char *tmp = restore_unique(base);
     char *file = mg_xasprintf("%s/data.mdb", tmp);
-    char *aside = mg_xasprintf("%s/store.before-restore-%s", data_dir, stamp);
+    char *aside;
     int rc = MG_ERROR;
     struct stat sb;
+
+    free(base);
+    base = mg_xasprintf("%s/store.before-restore-%s", data_dir, stamp);
+    aside = restore_unique(base);
+    free(base);
 
     *aside_r = NULL;
     if (mkdir(tmp, 0700) != 0) {
@@ -354,19 +387,25 @@ restore_store(struct ctl *ctl, int fd, const char *stamp, char **aside_r)
         goto out;
     }
     if (ctl_copy_fd(fd, file, 0600, false, &error) != MG_OK) {
-        ctl_err("%s (the partial copy is in %s)", error, tmp);
+        ctl_err("%s", error);
+        /* only our own partial copy: the old store is untouched */
+        unlink(file);
+        rmdir(tmp);
         goto out;
     }
     if (stat(store, &sb) == 0) {
         if (rename(store, aside) != 0) {
             ctl_err("cannot move %s aside: %s", store, strerror(errno));
+            unlink(file);
+            rmdir(tmp);
             goto out;
         }
         *aside_r = aside;
         aside = NULL;
     }
     if (rename(tmp, store) != 0) {
-        ctl_err("cannot move %s to %s: %s", tmp, store, strerror(errno));
+        ctl_err("cannot move %s to %s: %s; the previous store is %s", tmp,
+                store, strerror(errno), *aside_r != NULL ? *aside_r : "none");
         goto out;
     }
     if (ctl_fsync_dir(data_dir, &error) != MG_OK) {

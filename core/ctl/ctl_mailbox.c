@@ -728,6 +728,7 @@ mbox_cmd_create(struct ctl *ctl, int argc, char **argv)
         o.id = v.mb.id;
         o.mb = &v.mb;
         o.op.apply = mbox_apply_create;
+        o.op.new_data = true;
         o.op.arg = &o;
         if (mg_store_run(st, &o.op) == MG_OK)
             break;
@@ -1144,6 +1145,8 @@ ctl_mailbox(struct ctl *ctl, int argc, char **argv)
 {
     const struct ctl_command *c;
 
+    argc--; /* argv[0] is "mailbox": the subcommand is next */
+    argv++;
     if (argc < 1) {
         ctl_err("mailbox: no subcommand given");
         mbox_usage(stderr);

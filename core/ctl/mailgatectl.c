@@ -52,11 +52,11 @@ ctl_usage(FILE *out)
     }
 }
 
-/* status and reload take no arguments but --json */
+/* status and reload take no arguments but --json (argv[0]: the command) */
 static int
 ctl_no_args(struct ctl *ctl, const char *cmd, int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++) {
+    for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--json") == 0) {
             ctl->json = true;
             continue;
@@ -234,7 +234,7 @@ main(int argc, char **argv)
         ctl_usage(stderr);
         return CTL_EXIT_USAGE;
     }
-    rc = cmd->run(&ctl, argc - optind - 1, argv + optind + 1);
+    rc = cmd->run(&ctl, argc - optind, argv + optind);
     mg_config_free(ctl.cfg);
     return rc;
 }
