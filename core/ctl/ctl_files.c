@@ -91,28 +91,33 @@ ctl_fsync_dir(const char *dir, const char **error_r)
     return MG_OK;
 }
 
+static int
+files_not_dots(const struct dirent *e)
+{
+    return strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+}
+
 int
 ctl_dir_usable(const char *dir, bool *exists_r, const char **error_r)
 {
-    DIR *d = opendir(dir);
-    struct dirent *e;
+    struct dirent **list = NULL;
+    int n = scandir(dir, &list, files_not_dots, alphasort);
 
     *exists_r = false;
-    if (d == NULL) {
+    if (n < 0) {
         if (errno == ENOENT)
             return MG_OK;
         *error_r = mg_error("%s: %s", dir, strerror(errno));
         return MG_ERROR;
     }
     *exists_r = true;
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) {
-            closedir(d);
-            *error_r = mg_error("%s is not empty", dir);
-            return MG_ERROR;
-        }
+    for (int i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+    if (n > 0) {
+        *error_r = mg_error("%s is not empty", dir);
+        return MG_ERROR;
     }
-    closedir(d);
     return MG_OK;
 }
 

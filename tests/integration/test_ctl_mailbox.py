@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 
-from conftest import free_port, listener
+from conftest import free_port, listener, sanitizer_lines
 
 DOMAIN = "example.test"
 ID_RE = re.compile(r"^[a-z0-9]{8,32}$")
@@ -29,7 +29,7 @@ POLICY_KEYS = {"accept_journal", "accept_proxy", "require_tls",
 def ok(r):
     assert r.returncode == 0, "exit %d\nstdout:\n%s\nstderr:\n%s" % (
         r.returncode, r.stdout, r.stderr)
-    assert "AddressSanitizer" not in r.stderr and "runtime error:" not in r.stderr
+    assert not sanitizer_lines(r.stderr), r.stderr
     return r
 
 
