@@ -30,6 +30,9 @@ mailgated_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS)
 mailgated_LDADD = libmgstore.la libmgcore.la
 
 sbin_PROGRAMS += mailgatectl
-mailgatectl_SOURCES = core/ctl/mailgatectl.c
-mailgatectl_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS)
+mailgatectl_SOURCES = core/ctl/ctl.h core/ctl/mailgatectl.c \
+	core/ctl/ctl_util.c core/ctl/ctl_priv.c core/ctl/ctl_files.c \
+	core/ctl/ctl_mailbox.c core/ctl/ctl_backup.c
+mailgatectl_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS) \
+	$(LMDB_CFLAGS)
 mailgatectl_LDADD = libmgstore.la libmgcore.la

@@ -12,31 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "mg.h"
-
-#define CTL_EXIT_OK          0
-#define CTL_EXIT_FAIL        1
-#define CTL_EXIT_USAGE       2
-#define CTL_EXIT_NOT_RUNNING 3
-
-#ifndef MG_MODULE_DIR
-#define MG_MODULE_DIR NULL
-#endif
-
-/** What every command gets: options and the loaded config (lazily). */
-struct ctl {
-    const char *conf_file;
-    bool json;
-    struct mg_config *cfg;
-};
-
-/** One command: `mailgatectl [options] NAME ARGS...`. */
-struct ctl_command {
-    const char *name;
-    int (*run)(struct ctl *ctl, int argc, char **argv);
-    const char *args; /* usage text of its arguments, "" for none */
-    const char *summary;
-};
+#include "ctl.h"
+#include "store.h"
 
 static int ctl_status(struct ctl *ctl, int argc, char **argv);
 static int ctl_reload(struct ctl *ctl, int argc, char **argv);
@@ -44,6 +21,11 @@ static int ctl_reload(struct ctl *ctl, int argc, char **argv);
 static const struct ctl_command ctl_commands[] = {
     {"status", ctl_status, "", "tell whether mailgated runs, and its pid"},
     {"reload", ctl_reload, "", "make mailgated re-read its configuration"},
+    {"mailbox", ctl_mailbox, "SUBCOMMAND ...",
+     "create|list|show|edit|delete|reset-password (mailbox --help)"},
+    {"backup", ctl_backup, "DIR",
+     "consistent copy of the store, config and certificates"},
+    {"restore", ctl_restore, "DIR", "restore a backup (daemon stopped)"},
     {NULL, NULL, NULL, NULL},
 };
 
@@ -62,76 +44,79 @@ ctl_usage(FILE *out)
             "commands:\n",
             MG_CONF_DIR "/mailgate.conf");
     for (const struct ctl_command *c = ctl_commands; c->name != NULL; c++) {
-        char head[64];
+        char head[80];
 
         snprintf(head, sizeof(head), "%s%s%s", c->name, c->args[0] ? " " : "",
                  c->args);
-        fprintf(out, "  %-18s %s\n", head, c->summary);
+        fprintf(out, "  %-22s %s\n", head, c->summary);
     }
 }
 
-/* JSON string: quotes, backslashes and control bytes escaped; other bytes
- * pass through (the paths we print are the operator's own) */
-static void
-ctl_json_string(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-
-        if (c == '"' || c == '\\')
-            fprintf(out, "\\%c", c);
-        else if (c == '\n')
-            fputs("\\n", out);
-        else if (c == '\t')
-            fputs("\\t", out);
-        else if (c == '\r')
-            fputs("\\r", out);
-        else if (c < 0x20 || c == 0x7f)
-            fprintf(out, "\\u%04x", c);
-        else
-            fputc(c, out);
-    }
-    fputc('"', out);
-}
-
+/* status and reload take no arguments but --json (argv[0]: the command) */
 static int
-ctl_load(struct ctl *ctl)
+ctl_no_args(struct ctl *ctl, const char *cmd, int argc, char **argv)
 {
-    const char *error;
-
-    if (ctl->cfg != NULL)
-        return MG_OK;
-    if (mg_config_load(ctl->conf_file, MG_MODULE_DIR, &ctl->cfg, &error) !=
-        MG_OK) {
-        fprintf(stderr, "mailgatectl: %s\n", error);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            ctl->json = true;
+            continue;
+        }
+        ctl_err("%s takes no arguments (got '%s')", cmd, argv[i]);
         return MG_ERROR;
     }
     return MG_OK;
 }
 
+/* the store's epoch and mailbox count; MG_DECLINED: no store yet */
 static int
-ctl_no_args(const char *cmd, int argc, char **argv)
+ctl_status_store(struct ctl *ctl, char epoch[17], size_t *mailboxes_r)
 {
-    if (argc == 0)
-        return MG_OK;
-    fprintf(stderr, "mailgatectl: %s takes no arguments (got '%s')\n", cmd,
-            argv[0]);
-    return MG_ERROR;
+    struct mg_mailbox *v = NULL;
+    struct mg_store *st = NULL;
+    const char *error;
+    MDB_txn *txn;
+    size_t n = 0;
+    int rc;
+
+    if (ctl_priv_resolve(ctl) != MG_OK || ctl_priv_user(ctl) != MG_OK)
+        return MG_ERROR;
+    rc = ctl_store_open(ctl, false, true, &st);
+    if (rc == MG_OK) {
+        snprintf(epoch, 17, "%s", mg_store_epoch(st));
+        rc = mg_store_read_begin(st, &txn, &error);
+        if (rc == MG_OK) {
+            rc = mg_rec_mailbox_list(st, txn, &v, &n, &error);
+            mg_store_read_end(st, txn);
+        }
+        if (rc != MG_OK)
+            ctl_err("cannot read the store: %s", error);
+        for (size_t i = 0; i < n; i++)
+            mg_mailbox_clear(&v[i]);
+        free(v);
+        mg_store_close(st);
+    }
+    if (ctl_priv_root(ctl) != MG_OK)
+        rc = MG_ERROR;
+    *mailboxes_r = n;
+    return rc;
 }
 
 static int
 ctl_status(struct ctl *ctl, int argc, char **argv)
 {
+    char epoch[17] = "";
+    size_t mailboxes = 0;
     const char *dir;
     long pid;
+    int store;
 
-    if (ctl_no_args("status", argc, argv) != MG_OK)
+    if (ctl_no_args(ctl, "status", argc, argv) != MG_OK)
         return CTL_EXIT_USAGE;
     if (ctl_load(ctl) != MG_OK)
         return CTL_EXIT_FAIL;
     dir = ctl->cfg->s.data_dir;
     pid = mg_pidfile_running(dir);
+    store = ctl_status_store(ctl, epoch, &mailboxes);
     if (ctl->json) {
         fputs(pid != 0 ? "{\"running\":true,\"pid\":" : "{\"running\":false",
               stdout);
@@ -139,15 +124,25 @@ ctl_status(struct ctl *ctl, int argc, char **argv)
             printf("%ld", pid);
         fputs(",\"data_dir\":", stdout);
         ctl_json_string(stdout, dir);
+        if (store == MG_OK)
+            printf(",\"epoch\":\"%s\",\"mailboxes\":%zu", epoch, mailboxes);
+        else
+            fputs(",\"epoch\":null,\"mailboxes\":null", stdout);
         fputs("}\n", stdout);
-    } else if (pid > 0) {
-        printf("mailgated is running (pid %ld)\n", pid);
-    } else if (pid < 0) {
-        printf("mailgated is running (pid unknown: %s/mailgated.pid is "
-               "unreadable)\n",
-               dir);
     } else {
-        printf("mailgated is not running (data directory %s)\n", dir);
+        if (pid > 0)
+            printf("mailgated is running (pid %ld)\n", pid);
+        else if (pid < 0)
+            printf("mailgated is running (pid unknown: %s/mailgated.pid is "
+                   "unreadable)\n",
+                   dir);
+        else
+            printf("mailgated is not running (data directory %s)\n", dir);
+        if (store == MG_OK)
+            printf("store: %s/store, epoch %s, %zu mailbox(es)\n", dir, epoch,
+                   mailboxes);
+        else if (store == MG_DECLINED)
+            printf("store: none yet in %s\n", dir);
     }
     return pid != 0 ? CTL_EXIT_OK : CTL_EXIT_NOT_RUNNING;
 }
@@ -157,7 +152,7 @@ ctl_reload(struct ctl *ctl, int argc, char **argv)
 {
     long pid;
 
-    if (ctl_no_args("reload", argc, argv) != MG_OK)
+    if (ctl_no_args(ctl, "reload", argc, argv) != MG_OK)
         return CTL_EXIT_USAGE;
     if (ctl_load(ctl) != MG_OK)
         return CTL_EXIT_FAIL;
@@ -206,7 +201,7 @@ main(int argc, char **argv)
 
     /* config errors are printed by us, not logged with timestamps */
     mg_log_setup("mailgatectl", MG_LOG_WARNING, MG_LOGT_STDERR);
-    while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "+c:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             ctl.conf_file = optarg;
@@ -239,7 +234,7 @@ main(int argc, char **argv)
         ctl_usage(stderr);
         return CTL_EXIT_USAGE;
     }
-    rc = cmd->run(&ctl, argc - optind - 1, argv + optind + 1);
+    rc = cmd->run(&ctl, argc - optind, argv + optind);
     mg_config_free(ctl.cfg);
     return rc;
 }
