@@ -129,8 +129,7 @@ struct t_env {
 };
 
 static void
-t_env_fill(struct t_env *t, size_t nrcpts, const char *client,
-           const char *tls)
+t_env_fill(struct t_env *t, size_t nrcpts, const char *client, const char *tls)
 {
     memset(t, 0, sizeof(*t));
     for (size_t i = 0; i < nrcpts; i++) {
@@ -159,7 +158,11 @@ t_zero(const void *p, size_t n)
 /* ------------------------------------------------------------ decoders */
 
 /* One decoder behind a common shape, for the hostile-input loops. */
-enum t_kind { T_MAILBOX, T_MSG, T_ENVELOPE };
+enum t_kind {
+    T_MAILBOX,
+    T_MSG,
+    T_ENVELOPE
+};
 
 static int
 t_decode(enum t_kind kind, const void *data, size_t len, const char **error)
@@ -268,9 +271,9 @@ test_mailbox_roundtrip(void **state)
     mg_buf_init(&b);
     mg_codec_mailbox_encode(&m, &b);
     assert_int_equal(((const uint8_t *)mg_buf_data(&b))[0], 1);
-    assert_int_equal(mg_codec_mailbox_decode(mg_buf_data(&b), mg_buf_len(&b),
-                                             &d, &error),
-                     MG_OK);
+    assert_int_equal(
+        mg_codec_mailbox_decode(mg_buf_data(&b), mg_buf_len(&b), &d, &error),
+        MG_OK);
     t_mailbox_equal(&m, &d);
 
     /* a deep copy outlives its source */
@@ -292,9 +295,9 @@ test_mailbox_roundtrip(void **state)
     strcpy(m.id, "abcdefgh");
     mg_buf_init(&b);
     mg_codec_mailbox_encode(&m, &b);
-    assert_int_equal(mg_codec_mailbox_decode(mg_buf_data(&b), mg_buf_len(&b),
-                                             &d, &error),
-                     MG_OK);
+    assert_int_equal(
+        mg_codec_mailbox_decode(mg_buf_data(&b), mg_buf_len(&b), &d, &error),
+        MG_OK);
     t_mailbox_equal(&m, &d);
     assert_null(d.name);
     assert_null(d.description);
@@ -318,9 +321,9 @@ test_msg_roundtrip(void **state)
     t_msg_fill(&h);
     mg_buf_init(&b);
     mg_codec_msg_encode(&h, &b);
-    assert_int_equal(mg_codec_msg_decode(mg_buf_data(&b), mg_buf_len(&b), &d,
-                                         &error),
-                     MG_OK);
+    assert_int_equal(
+        mg_codec_msg_decode(mg_buf_data(&b), mg_buf_len(&b), &d, &error),
+        MG_OK);
     assert_memory_equal(&h, &d, sizeof(h));
     t_hostile(T_MSG, &b);
 
@@ -372,9 +375,8 @@ test_envelope_roundtrip(void **state)
             t_hostile(T_ENVELOPE, &b);
         else
             for (size_t n = 0; n < mg_buf_len(&b); n += 7)
-                assert_int_equal(t_decode(T_ENVELOPE, mg_buf_data(&b), n,
-                                          &error),
-                                 MG_ERROR);
+                assert_int_equal(
+                    t_decode(T_ENVELOPE, mg_buf_data(&b), n, &error), MG_ERROR);
         mg_buf_free(&b);
     }
 }
@@ -578,29 +580,23 @@ test_mailbox_format(void **state)
     mg_mailbox_clear(&m);
 
     t_mailbox_hand(&b, "abcdefgh12", 2, 1);
-    assert_int_equal(t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b),
-                              &error),
-                     MG_OK);
+    assert_int_equal(
+        t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b), &error), MG_OK);
     t_mailbox_hand(&b, "abcdefgh12", 3, 1);
-    assert_int_equal(t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b),
-                              &error),
-                     MG_ERROR);
+    assert_int_equal(
+        t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b), &error), MG_ERROR);
     t_mailbox_hand(&b, "abcdefgh12", UINT32_MAX, 1);
-    assert_int_equal(t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b),
-                              &error),
-                     MG_ERROR);
+    assert_int_equal(
+        t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b), &error), MG_ERROR);
     t_mailbox_hand(&b, "abcdefgh12", 1, 2);
-    assert_int_equal(t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b),
-                              &error),
-                     MG_ERROR);
+    assert_int_equal(
+        t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b), &error), MG_ERROR);
     t_mailbox_hand(&b, "ABCDEFGH12", 1, 1);
-    assert_int_equal(t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b),
-                              &error),
-                     MG_ERROR);
+    assert_int_equal(
+        t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b), &error), MG_ERROR);
     t_mailbox_hand(&b, "abcdefghijklmnopqrstuvwxyz0123456", 1, 1);
-    assert_int_equal(t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b),
-                              &error),
-                     MG_ERROR);
+    assert_int_equal(
+        t_decode(T_MAILBOX, mg_buf_data(&b), mg_buf_len(&b), &error), MG_ERROR);
     mg_buf_free(&b);
 }
 
