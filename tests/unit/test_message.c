@@ -34,10 +34,8 @@ __asan_default_options(void)
 {
     return "quarantine_size_mb=16";
 }
-#define BIG_SIZE (40u * 1024 * 1024) /* scaled down under ASan: speed */
-#else
-#define BIG_SIZE (150u * 1024 * 1024)
 #endif
+#define BIG_SIZE (150u * 1024 * 1024)
 
 static char tmpdir[64];
 static char storedir[96];
