@@ -81,13 +81,11 @@ rec_get_u64(const uint8_t *p)
     return v;
 }
 
-/* Mailbox ids fit the 32-byte key prefix and hold no NUL. */
+/* Valid ids fit the 32-byte key prefix and decode again (codec.c). */
 static int
 rec_check_id(const char *id, const char **error_r)
 {
-    size_t len = id != NULL ? strlen(id) : 0;
-
-    if (len == 0 || len > MG_MAILBOX_ID_MAX) {
+    if (id == NULL || !mg_mailbox_id_valid(id)) {
         *error_r = rec_error("invalid mailbox id");
         return MG_ERROR;
     }

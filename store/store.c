@@ -153,19 +153,14 @@ store_op_fail(struct mg_store_op *op, bool temporary, const char *text)
 
 /* ---------------------------------------------------------- environment */
 
+/* Open a created env (closed again on failure). */
 static int
-store_env_open(struct mg_store *st, MDB_env **env_r, const char **error_r)
+store_env_open(struct mg_store *st, MDB_env *env, const char **error_r)
 {
     unsigned flags = MDB_NOTLS | (st->read_only ? MDB_RDONLY : 0);
     unsigned got = 0;
-    MDB_env *env;
     int rc, dead = 0;
 
-    rc = mdb_env_create(&env);
-    if (rc != 0) {
-        *error_r = store_error("mdb_env_create: %s", mdb_strerror(rc));
-        return MG_ERROR;
-    }
     if ((rc = mdb_env_set_maxdbs(env, 8)) != 0 ||
         (rc = mdb_env_set_mapsize(env, (size_t)st->map_size)) != 0 ||
         (rc = mdb_env_set_maxreaders(env, STORE_MAXREADERS)) != 0 ||
@@ -188,7 +183,6 @@ store_env_open(struct mg_store *st, MDB_env **env_r, const char **error_r)
     else if (dead > 0)
         mg_log(MG_LOG_INFO, "store: cleared %d stale reader slot%s", dead,
                dead == 1 ? "" : "s");
-    *env_r = env;
     return MG_OK;
 }
 
@@ -296,15 +290,15 @@ store_meta_init(struct mg_store *st, MDB_txn *txn, const char **error_r)
     return MG_OK;
 }
 
-/* Open the env and its databases; at first use also format and epoch. */
+/* Open the env and its databases; at first use also format and epoch.
+ * The env is created by the caller and closed here on failure. */
 static int
-store_env_setup(struct mg_store *st, MDB_env **env_r, const char **error_r)
+store_env_setup(struct mg_store *st, MDB_env *env, const char **error_r)
 {
-    MDB_env *env;
     MDB_txn *txn;
     int rc;
 
-    if (store_env_open(st, &env, error_r) != MG_OK)
+    if (store_env_open(st, env, error_r) != MG_OK)
         return MG_ERROR;
     rc = mdb_txn_begin(env, NULL, st->read_only ? MDB_RDONLY : 0, &txn);
     if (rc != 0) {
@@ -324,7 +318,6 @@ store_env_setup(struct mg_store *st, MDB_env **env_r, const char **error_r)
         mdb_env_close(env);
         return MG_ERROR;
     }
-    *env_r = env;
     return MG_OK;
 }
 
@@ -358,8 +351,11 @@ store_recover(struct mg_store *st, const char **error_r)
     for (rc = mdb_cursor_get(c, &k, &d, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get(c, &k, &d, MDB_NEXT)) {
         if (k.mv_size != MG_MSG_KEY ||
-            mg_codec_msg_decode(d.mv_data, d.mv_size, &h, error_r) != MG_OK ||
-            h.state == MG_MSG_VISIBLE)
+            mg_codec_msg_decode(d.mv_data, d.mv_size, &h, error_r) != MG_OK) {
+            mg_log(MG_LOG_WARNING, "store: skipping a bad message record");
+            continue;
+        }
+        if (h.state == MG_MSG_VISIBLE)
             continue;
         if (n == cap) {
             cap = cap ? cap * 2 : 16;
@@ -431,14 +427,21 @@ static void
 store_reopen(struct mg_store *st)
 {
     const char *error;
-    MDB_env *env = NULL;
+    MDB_env *env;
+    int rc;
 
+    /* created before the old one closes: a new handle, never the old */
+    rc = mdb_env_create(&env);
+    if (rc != 0) {
+        mg_log(MG_LOG_ERROR, "store: reopen failed: %s", mdb_strerror(rc));
+        return;
+    }
     pthread_rwlock_wrlock(&st->envlock);
     if (st->env != NULL) {
         mdb_env_close(st->env);
         st->env = NULL;
     }
-    if (store_env_setup(st, &env, &error) != MG_OK) {
+    if (store_env_setup(st, env, &error) != MG_OK) {
         mg_log(MG_LOG_ERROR, "store: reopen failed: %s", error);
     } else {
         st->env = env;
@@ -544,16 +547,12 @@ store_apply(struct mg_store *st, MDB_txn *parent, struct mg_store_op *op)
     if (lrc == MDB_PANIC)
         st->need_reopen = true;
     if (store_rc_temporary(lrc)) {
-        char detail[sizeof(op->error)];
+        const char *text = store_rc_text(lrc);
 
-        snprintf(detail, sizeof(detail), "%s", op->error);
-        if (detail[0] != '\0' && strcmp(detail, store_rc_text(lrc)) != 0)
-            snprintf(op->error, sizeof(op->error), "%s (%s)",
-                     store_rc_text(lrc), detail);
-        else
-            snprintf(op->error, sizeof(op->error), "%s", store_rc_text(lrc));
-        op->status = MG_ERROR;
-        op->temporary = true;
+        /* the short cause first, the op's own detail after it */
+        if (op->error[0] != '\0' && strcmp(op->error, text) != 0)
+            text = store_error("%s (%s)", text, op->error);
+        store_op_fail(op, true, text);
         return;
     }
     if (op->error[0] == '\0')
@@ -561,6 +560,26 @@ store_apply(struct mg_store *st, MDB_txn *parent, struct mg_store_op *op)
                  lrc != 0 ? mdb_strerror(lrc) : "store operation failed");
     op->status = MG_ERROR;
     op->temporary = false;
+}
+
+/* One line per batch with temporary failures (disk full must be seen,
+ * but not once per message). */
+static void
+store_batch_log(struct mg_store_op *batch)
+{
+    const char *first = NULL;
+    size_t n = 0, failed = 0;
+
+    for (struct mg_store_op *op = batch; op != NULL; op = op->next, n++) {
+        if (op->status != MG_OK && op->temporary) {
+            if (first == NULL)
+                first = op->error;
+            failed++;
+        }
+    }
+    if (failed > 0)
+        mg_log(MG_LOG_WARNING, "store: %zu of %zu writes failed: %s", failed, n,
+               first);
 }
 
 static void
@@ -618,6 +637,7 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
         if (store_rc_fatal(rc))
             st->need_reopen = true;
     }
+    store_batch_log(batch);
     if (st->need_reopen)
         store_reopen(st);
 }
@@ -767,7 +787,13 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
     pthread_mutex_init(&st->qlock, NULL);
     pthread_cond_init(&st->qcond, NULL);
 
-    if (store_env_setup(st, &st->env, error_r) != MG_OK) {
+    rc = mdb_env_create(&st->env);
+    if (rc != 0) {
+        *error_r = store_error("mdb_env_create: %s", mdb_strerror(rc));
+        store_free(st);
+        return MG_ERROR;
+    }
+    if (store_env_setup(st, st->env, error_r) != MG_OK) {
         store_free(st);
         return MG_ERROR;
     }
@@ -857,26 +883,30 @@ mg_store_read_end(struct mg_store *st, MDB_txn *txn)
 
 /* ------------------------------------------------------ backup, epoch */
 
+static int
+store_not_dot(const struct dirent *de)
+{
+    return strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+}
+
 int
 mg_store_backup(struct mg_store *st, const char *dir, const char **error_r)
 {
-    struct dirent *de;
-    DIR *d;
-    int rc;
+    struct dirent **names;
+    int rc, n;
 
     if (store_mkdir(dir, error_r) != MG_OK)
         return MG_ERROR;
-    d = opendir(dir);
-    if (d == NULL) {
+    /* never mix a copy with whatever was there */
+    n = scandir(dir, &names, store_not_dot, alphasort);
+    if (n < 0) {
         *error_r = store_error("%s: %s", dir, strerror(errno));
         return MG_ERROR;
     }
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0)
-            break;
-    }
-    closedir(d);
-    if (de != NULL) {
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    if (n > 0) {
         *error_r = store_error("backup directory %s is not empty", dir);
         return MG_ERROR;
     }

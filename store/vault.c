@@ -254,6 +254,18 @@ mg_vault_key_free(struct mg_vault_key *key)
     sodium_free(key);
 }
 
+/* Guarded memory for stream states, which have no error path: running
+ * out is like mg_xmalloc failing. */
+static void *
+vault_xmalloc(size_t n)
+{
+    void *p = sodium_malloc(n);
+
+    if (p == NULL)
+        mg_fatalx("vault: out of secure memory (%zu bytes)", n);
+    return p;
+}
+
 /* The chunk AD. Mailbox ids are validated long before they get here, so
  * an overlong one is a programming error. */
 static size_t
@@ -280,9 +292,7 @@ mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
     uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     struct mg_vault_enc *e;
 
-    e = sodium_malloc(sizeof(*e));
-    if (e == NULL)
-        mg_fatalx("vault: out of secure memory");
+    e = vault_xmalloc(sizeof(*e));
     e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
     crypto_secretstream_xchacha20poly1305_keygen(key);
     if (crypto_box_seal(sealed_key, key, sizeof(key), pk) != 0) {
@@ -334,9 +344,7 @@ mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
         *error_r = "cannot open the message key";
         return MG_ERROR;
     }
-    d = sodium_malloc(sizeof(*d));
-    if (d == NULL)
-        mg_fatalx("vault: out of secure memory");
+    d = vault_xmalloc(sizeof(*d));
     d->adlen = vault_ad(d->ad, mailbox_id, msg_id);
     d->finished = false;
     d->failed = false;

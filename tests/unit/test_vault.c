@@ -79,8 +79,8 @@ struct t_msg {
 };
 
 static void
-t_msg_add(struct t_msg *m, struct mg_vault_enc *e, const uint8_t *p,
-          size_t len, bool final)
+t_msg_add(struct t_msg *m, struct mg_vault_enc *e, const uint8_t *p, size_t len,
+          bool final)
 {
     m->c = realloc(m->c, (m->n + 1) * sizeof(*m->c));
     m->len = realloc(m->len, (m->n + 1) * sizeof(*m->len));
@@ -136,8 +136,7 @@ t_msg_free(struct t_msg *m)
  * MG_ERROR at the first failing chunk, whose output must be wiped. */
 static int
 t_msg_read(const struct t_msg *m, const struct mg_vault_key *key,
-           const char *mailbox, uint64_t msg_id, const size_t *order,
-           size_t n)
+           const char *mailbox, uint64_t msg_id, const size_t *order, size_t n)
 {
     static uint8_t out[MG_VAULT_CHUNK];
     struct mg_vault_dec *d;
@@ -194,7 +193,11 @@ static void
 test_roundtrip_sizes(void **state)
 {
     static const size_t sizes[] = {
-        0, 1, MG_VAULT_CHUNK - 1, MG_VAULT_CHUNK, MG_VAULT_CHUNK + 1,
+        0,
+        1,
+        MG_VAULT_CHUNK - 1,
+        MG_VAULT_CHUNK,
+        MG_VAULT_CHUNK + 1,
         3 * MG_VAULT_CHUNK + 5,
     };
 
@@ -204,10 +207,10 @@ test_roundtrip_sizes(void **state)
 
         t_msg_make(&m, t_pk, T_MAILBOX, 1000 + i, sizes[i]);
         /* envelope + ceil(size / CHUNK) body chunks, at least one */
-        assert_int_equal(m.n, 1 + (sizes[i] == 0
-                                       ? 1
-                                       : (sizes[i] + MG_VAULT_CHUNK - 1) /
-                                             MG_VAULT_CHUNK));
+        assert_int_equal(
+            m.n, 1 + (sizes[i] == 0
+                          ? 1
+                          : (sizes[i] + MG_VAULT_CHUNK - 1) / MG_VAULT_CHUNK));
         assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 1000 + i, NULL, 0),
                          MG_OK);
         t_msg_free(&m);
@@ -271,8 +274,7 @@ test_tamper(void **state)
     assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 43, NULL, 0), MG_ERROR);
     assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42ull << 32, NULL, 0),
                      MG_ERROR);
-    assert_int_equal(t_msg_read(&m, t_key, "testbox02", 42, NULL, 0),
-                     MG_ERROR);
+    assert_int_equal(t_msg_read(&m, t_key, "testbox02", 42, NULL, 0), MG_ERROR);
     assert_int_equal(t_msg_read(&m, t_key, "testbox0", 42, NULL, 0), MG_ERROR);
 
     /* a chunk of another message (same mailbox, same position) */
@@ -306,10 +308,9 @@ test_tamper(void **state)
     }
 
     /* another mailbox's key cannot open the message key */
-    assert_int_equal(
-        mg_vault_dec_begin(t_key2, T_MAILBOX, 42, m.sealed, m.header, &d,
-                           &error),
-        MG_ERROR);
+    assert_int_equal(mg_vault_dec_begin(t_key2, T_MAILBOX, 42, m.sealed,
+                                        m.header, &d, &error),
+                     MG_ERROR);
 
     /* a chunk after FINAL is refused; so is anything after a failure */
     assert_int_equal(mg_vault_dec_begin(t_key, T_MAILBOX, 42, m.sealed,
@@ -322,8 +323,7 @@ test_tamper(void **state)
     assert_true(final);
     memset(out, 0xaa, sizeof(out));
     assert_int_equal(
-        mg_vault_dec_pull(d, m.c[3], m.len[3], out, &outlen, &final),
-        MG_ERROR);
+        mg_vault_dec_pull(d, m.c[3], m.len[3], out, &outlen, &final), MG_ERROR);
     assert_false(final);
     assert_int_equal(outlen, 0);
     mg_vault_dec_free(d);
@@ -332,17 +332,62 @@ test_tamper(void **state)
                                         m.header, &d, &error),
                      MG_OK);
     assert_int_equal(
-        mg_vault_dec_pull(d, m.c[1], m.len[1], out, &outlen, &final),
-        MG_ERROR);
+        mg_vault_dec_pull(d, m.c[1], m.len[1], out, &outlen, &final), MG_ERROR);
     assert_true(t_all_zero(out, m.len[1] - MG_VAULT_ABYTES));
     /* the right chunk does not revive a failed stream */
     assert_int_equal(
-        mg_vault_dec_pull(d, m.c[0], m.len[0], out, &outlen, &final),
-        MG_ERROR);
+        mg_vault_dec_pull(d, m.c[0], m.len[0], out, &outlen, &final), MG_ERROR);
     mg_vault_dec_free(d);
 
     t_msg_free(&other);
     t_msg_free(&m);
+}
+
+/* The stored format, pinned with bare libsodium: the message key is a
+ * sealed box to the mailbox pk, the chunks a secretstream whose AD is
+ * mailbox id, NUL, message id as 8 bytes big-endian. */
+static void
+test_wire_format(void **state)
+{
+    static const uint8_t ad[] = {'b', 'o', 'x', 'f', 'o', 'r', 'm', 'a', 't',
+                                 0,   1,   2,   3,   4,   5,   6,   7,   8};
+    uint8_t pk[crypto_box_PUBLICKEYBYTES], sk[crypto_box_SECRETKEYBYTES];
+    uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
+    uint8_t mkey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    uint8_t c[2][5 + MG_VAULT_ABYTES], out[5];
+    crypto_secretstream_xchacha20poly1305_state st;
+    struct mg_vault_enc *e;
+    unsigned char tag;
+
+    (void)state;
+    crypto_box_keypair(pk, sk);
+    e = mg_vault_enc_begin(pk, "boxformat", 0x0102030405060708ull, sealed,
+                           header);
+    assert_non_null(e);
+    mg_vault_enc_push(e, "hello", 5, false, c[0]);
+    mg_vault_enc_push(e, "world", 5, true, c[1]);
+    mg_vault_enc_free(e);
+
+    assert_int_equal(crypto_box_seal_open(mkey, sealed, sizeof(sealed), pk, sk),
+                     0);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_init_pull(&st, header, mkey), 0);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_pull(
+            &st, out, NULL, &tag, c[0], sizeof(c[0]), ad, sizeof(ad)),
+        0);
+    assert_memory_equal(out, "hello", 5);
+    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_pull(
+            &st, out, NULL, &tag, c[1], sizeof(c[1]), ad, sizeof(ad)),
+        0);
+    assert_memory_equal(out, "world", 5);
+    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+
+    /* a low-order public key (a corrupt record) is refused, not used */
+    memset(pk, 0, sizeof(pk));
+    assert_null(mg_vault_enc_begin(pk, "boxformat", 1, sealed, header));
 }
 
 /* ------------------------------------------------------------ streaming */
@@ -374,9 +419,8 @@ static void
 test_stream_150mb(void **state)
 {
     const uint64_t total = 150000000;
-    static uint8_t plain[MG_VAULT_CHUNK], cipher[MG_VAULT_CHUNK +
-                                                 MG_VAULT_ABYTES],
-        out[MG_VAULT_CHUNK];
+    static uint8_t plain[MG_VAULT_CHUNK],
+        cipher[MG_VAULT_CHUNK + MG_VAULT_ABYTES], out[MG_VAULT_CHUNK];
     uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
     uint8_t seed[randombytes_SEEDBYTES] = {0};
     uint8_t h1[32], h2[32];
@@ -516,8 +560,8 @@ test_unlock(void **state)
     assert_null(key);
 
     /* keys_new refuses limits unlock would refuse */
-    assert_int_equal(
-        mg_vault_keys_new(T_PASSWORD, 100, T_MEM, pk, &w, &error), MG_ERROR);
+    assert_int_equal(mg_vault_keys_new(T_PASSWORD, 100, T_MEM, pk, &w, &error),
+                     MG_ERROR);
     assert_int_equal(mg_vault_keys_new(T_PASSWORD, T_OPS, 1024, pk, &w, &error),
                      MG_ERROR);
 }
@@ -563,7 +607,10 @@ static void
 test_password_new(void **state)
 {
     static const char alphabet[] = "23456789abcdefghjkmnpqrstuvwxyz";
-    enum { N = 1000, LEN = 34 };
+    enum {
+        N = 1000,
+        LEN = 34
+    };
     static char pw[N][MG_VAULT_PASSWORD_MAX];
     unsigned seen[256] = {0};
 
@@ -682,6 +729,7 @@ main(void)
         cmocka_unit_test(test_password_new),
         cmocka_unit_test(test_roundtrip_sizes),
         cmocka_unit_test(test_tamper),
+        cmocka_unit_test(test_wire_format),
         cmocka_unit_test(test_derivation_cap),
     };
 
