@@ -47,7 +47,8 @@ trap 'rm -f "$junit"' EXIT
 (
     cd "$SRCDIR" &&
     MG_SBINDIR="$PREFIX/sbin" MG_PREFIX="$PREFIX" \
-        MG_SANITIZE="${MG_SANITIZE:-}" PYTHONDONTWRITEBYTECODE=1 \
+        MG_SANITIZE="${MG_SANITIZE:-}" MG_BUILD_DIR="$BUILD_DIR" \
+        PYTHONDONTWRITEBYTECODE=1 \
         "$PYTHON" -m pytest -q -p no:cacheprovider tests/integration \
         --junitxml="$junit"
 )

@@ -1,0 +1,230 @@
+/*
+ * tests/tools/mg-dump.c -- list and decrypt a mailbox's messages (test-only).
+ *
+ *   mg-dump DATA_DIR MAILBOX_ID [--password P | --password-file F]
+ *           [--write DIR]
+ *
+ * Opens DATA_DIR/store read-only, unlocks the mailbox key (the password is
+ * read from stdin when neither option is given), prints one line per
+ * visible message:
+ *
+ *   id=N uidl=U received=T size=S source=X sender=<a> rcpts=<b>,<c>
+ *
+ * and with --write stores each decrypted body as DIR/<id>.eml. Every
+ * message is decrypted (and so checked) even without --write.
+ * Exit 0: all fine; 1: any error ("wrong password" for a bad password).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+static void
+dump_usage(void)
+{
+    fprintf(stderr, "usage: mg-dump DATA_DIR MAILBOX_ID [--password P | "
+                    "--password-file F] [--write DIR]\n");
+    exit(1);
+}
+
+/* The first line of a file or of stdin, without its line end. */
+static int
+dump_read_password(FILE *f, char *out, size_t size)
+{
+    size_t n;
+
+    if (fgets(out, (int)size, f) == NULL)
+        return -1;
+    n = strcspn(out, "\r\n");
+    out[n] = '\0';
+    return 0;
+}
+
+static int
+dump_unlock(struct mg_store *st, const char *mailbox_id, const char *password,
+            struct mg_vault_key **key_r)
+{
+    struct mg_mailbox m;
+    const char *error = NULL;
+    MDB_txn *txn;
+    int rc;
+
+    memset(&m, 0, sizeof(m));
+    if (mg_store_read_begin(st, &txn, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: %s\n", error);
+        return -1;
+    }
+    rc = mg_rec_mailbox_get(st, txn, mailbox_id, &m, &error);
+    mg_store_read_end(st, txn);
+    if (rc == MG_DECLINED) {
+        fprintf(stderr, "mg-dump: no mailbox %s\n", mailbox_id);
+        return -1;
+    }
+    if (rc != MG_OK) {
+        fprintf(stderr, "mg-dump: mailbox %s: %s\n", mailbox_id, error);
+        return -1;
+    }
+    rc = MG_DECLINED;
+    for (unsigned i = 0; i < m.nwraps && rc == MG_DECLINED; i++) {
+        if (m.wraps[i].kind != MG_WRAP_PASSWORD)
+            continue;
+        rc = mg_vault_unlock(&m.wraps[i], m.pk, password, key_r, &error);
+    }
+    mg_mailbox_clear(&m);
+    if (rc == MG_DECLINED) {
+        fprintf(stderr, "mg-dump: wrong password\n");
+        return -1;
+    }
+    if (rc != MG_OK) {
+        fprintf(stderr, "mg-dump: %s\n", error);
+        return -1;
+    }
+    return 0;
+}
+
+/* Print one message's line; decrypt it, into DIR/<id>.eml with a dir. */
+static int
+dump_message(struct mg_store *st, const struct mg_vault_key *key,
+             const char *mailbox_id, const struct mg_msg_ref *ref,
+             const char *dir)
+{
+    struct mg_store_reader *r;
+    const struct mg_envelope *env;
+    const char *error = NULL;
+    char uidl[40], path[4096], tmp[4200];
+    const void *data;
+    FILE *out = NULL;
+    uint64_t total = 0;
+    size_t len;
+    int rc;
+
+    rc = mg_store_reader_open(st, key, mailbox_id, ref->id, &r, &error);
+    if (rc != MG_OK) {
+        fprintf(stderr, "mg-dump: message %" PRIu64 ": %s\n", ref->id, error);
+        return -1;
+    }
+    if (dir != NULL) {
+        snprintf(path, sizeof(path), "%s/%" PRIu64 ".eml", dir, ref->id);
+        snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+        out = fopen(tmp, "w");
+        if (out == NULL) {
+            fprintf(stderr, "mg-dump: %s: %s\n", tmp, strerror(errno));
+            mg_store_reader_close(r);
+            return -1;
+        }
+    }
+    while ((rc = mg_store_reader_next(r, &data, &len, &error)) == MG_OK) {
+        total += len;
+        if (out != NULL && fwrite(data, 1, len, out) != len) {
+            rc = MG_ERROR;
+            error = strerror(errno);
+            break;
+        }
+    }
+    if (out != NULL && fclose(out) != 0 && rc == MG_DECLINED) {
+        rc = MG_ERROR;
+        error = strerror(errno);
+    }
+    if (rc != MG_DECLINED) {
+        fprintf(stderr, "mg-dump: message %" PRIu64 ": %s\n", ref->id, error);
+        if (dir != NULL)
+            remove(tmp);
+        mg_store_reader_close(r);
+        return -1;
+    }
+    if (dir != NULL && rename(tmp, path) != 0) {
+        fprintf(stderr, "mg-dump: %s: %s\n", path, strerror(errno));
+        mg_store_reader_close(r);
+        return -1;
+    }
+    env = mg_store_reader_envelope(r);
+    mg_msg_uidl(st, ref->id, uidl);
+    printf("id=%" PRIu64 " uidl=%s received=%" PRIu64 " size=%" PRIu64
+           " source=%s sender=<%s> rcpts=",
+           ref->id, uidl, ref->received, total, env->source, env->sender);
+    for (size_t i = 0; i < env->nrcpts; i++)
+        printf("%s<%s>", i > 0 ? "," : "", env->rcpts[i]);
+    printf("\n");
+    mg_store_reader_close(r);
+    return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    struct mg_store_config cfg = {.read_only = true};
+    const char *password = NULL, *pwfile = NULL, *dir = NULL;
+    const char *error = NULL;
+    char storedir[4096], pwbuf[1024];
+    struct mg_store *st;
+    struct mg_vault_key *key = NULL;
+    struct mg_msg_ref *v = NULL;
+    MDB_txn *txn;
+    size_t n = 0;
+    int status = 0;
+
+    if (argc < 3)
+        dump_usage();
+    for (int i = 3; i < argc; i++) {
+        if (strcmp(argv[i], "--password") == 0 && i + 1 < argc)
+            password = argv[++i];
+        else if (strcmp(argv[i], "--password-file") == 0 && i + 1 < argc)
+            pwfile = argv[++i];
+        else if (strcmp(argv[i], "--write") == 0 && i + 1 < argc)
+            dir = argv[++i];
+        else
+            dump_usage();
+    }
+    if (password == NULL) {
+        FILE *f = pwfile != NULL ? fopen(pwfile, "r") : stdin;
+
+        if (f == NULL || dump_read_password(f, pwbuf, sizeof(pwbuf)) != 0) {
+            fprintf(stderr, "mg-dump: cannot read the password\n");
+            return 1;
+        }
+        if (f != stdin)
+            fclose(f);
+        password = pwbuf;
+    }
+    if (!mg_mailbox_id_valid(argv[2])) {
+        fprintf(stderr, "mg-dump: invalid mailbox id\n");
+        return 1;
+    }
+    if (mg_vault_init(1, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: %s\n", error);
+        return 1;
+    }
+    snprintf(storedir, sizeof(storedir), "%s/store", argv[1]);
+    cfg.dir = storedir;
+    if (mg_store_open(&cfg, &st, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: %s: %s\n", storedir, error);
+        return 1;
+    }
+    if (dump_unlock(st, argv[2], password, &key) != 0) {
+        mg_store_close(st);
+        return 1;
+    }
+    if (mg_store_read_begin(st, &txn, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: %s\n", error);
+        status = 1;
+    } else {
+        if (mg_rec_msg_list(st, txn, argv[2], true, &v, &n, &error) != MG_OK) {
+            fprintf(stderr, "mg-dump: listing: %s\n", error);
+            status = 1;
+        }
+        mg_store_read_end(st, txn);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (dump_message(st, key, argv[2], &v[i], dir) != 0)
+            status = 1;
+    }
+    free(v);
+    mg_vault_key_free(key);
+    mg_store_close(st);
+    return status;
+}
