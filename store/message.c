@@ -491,14 +491,13 @@ msg_mailbox_keys(struct mg_store *st, const char *const *ids, size_t n,
 }
 
 struct mg_store_writer *
-mg_store_writer_begin(struct mg_store *st, const char *const *mailbox_ids,
-                      size_t n, const struct mg_envelope *env,
-                      const char **error_r)
+mg_store_writer_begin_ids(struct mg_store *st, const char *const *mailbox_ids,
+                          size_t n, const uint64_t *ids,
+                          const struct mg_envelope *env, const char **error_r)
 {
     struct mg_store_writer *w;
     uint8_t(*pk)[MG_VAULT_PK_BYTES];
     struct mg_buf envbuf;
-    struct msg_op ids_op;
     size_t i;
 
     if (n == 0) {
@@ -526,23 +525,6 @@ mg_store_writer_begin(struct mg_store *st, const char *const *mailbox_ids,
         return NULL;
     }
 
-    /* reserve the ids first: the encryption binds them */
-    memset(&ids_op, 0, sizeof(ids_op));
-    ids_op.kind = MSG_OP_IDS;
-    ids_op.n = n;
-    ids_op.op.apply = msg_apply_ids;
-    ids_op.op.arg = &ids_op;
-    ids_op.op.new_data = true;
-    if (mg_store_run(st, &ids_op.op) != MG_OK) {
-        sodium_memzero(envbuf.data, envbuf.cap);
-        mg_buf_free(&envbuf);
-        free(pk);
-        *error_r =
-            msg_error("reserving message ids: %s",
-                      ids_op.op.error[0] != '\0' ? ids_op.op.error : "failed");
-        return NULL;
-    }
-
     w = mg_xcalloc(1, sizeof(*w));
     w->st = st;
     w->n = n;
@@ -556,12 +538,22 @@ mg_store_writer_begin(struct mg_store *st, const char *const *mailbox_ids,
     for (i = 0; i < n; i++) {
         snprintf(w->mailbox_ids[i], sizeof(w->mailbox_ids[i]), "%s",
                  mailbox_ids[i]);
-        w->ids[i] = ids_op.first + i;
+        w->ids[i] = ids[i];
         w->hdr[i].state = MG_MSG_WRITING;
         w->hdr[i].alg = MG_VAULT_ALG_V1;
         w->hdr[i].received = (uint64_t)time(NULL);
         w->enc[i] = mg_vault_enc_begin(pk[i], w->mailbox_ids[i], w->ids[i],
                                        w->hdr[i].sealed_key, w->hdr[i].header);
+        if (w->enc[i] == NULL) {
+            /* a public key that cannot be sealed to: a damaged record */
+            free(pk);
+            sodium_memzero(envbuf.data, envbuf.cap);
+            mg_buf_free(&envbuf);
+            *error_r = msg_error("mailbox %s has an unusable public key",
+                                 mailbox_ids[i]);
+            mg_store_writer_free(w);
+            return NULL;
+        }
     }
     free(pk);
 
@@ -570,6 +562,40 @@ mg_store_writer_begin(struct mg_store *st, const char *const *mailbox_ids,
                               mg_buf_len(&envbuf), false));
     sodium_memzero(envbuf.data, envbuf.cap);
     mg_buf_free(&envbuf);
+    return w;
+}
+
+struct mg_store_writer *
+mg_store_writer_begin(struct mg_store *st, const char *const *mailbox_ids,
+                      size_t n, const struct mg_envelope *env,
+                      const char **error_r)
+{
+    struct mg_store_writer *w;
+    struct msg_op ids_op;
+    uint64_t *ids;
+
+    if (n == 0) {
+        *error_r = "no mailbox";
+        return NULL;
+    }
+    /* reserve the ids first: the encryption binds them */
+    memset(&ids_op, 0, sizeof(ids_op));
+    ids_op.kind = MSG_OP_IDS;
+    ids_op.n = n;
+    ids_op.op.apply = msg_apply_ids;
+    ids_op.op.arg = &ids_op;
+    ids_op.op.new_data = true;
+    if (mg_store_run(st, &ids_op.op) != MG_OK) {
+        *error_r =
+            msg_error("reserving message ids: %s",
+                      ids_op.op.error[0] != '\0' ? ids_op.op.error : "failed");
+        return NULL;
+    }
+    ids = mg_xcalloc(n, sizeof(*ids));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = ids_op.first + i;
+    w = mg_store_writer_begin_ids(st, mailbox_ids, n, ids, env, error_r);
+    free(ids);
     return w;
 }
 

@@ -463,10 +463,11 @@ store_limit(struct mg_store *st, uint64_t map)
     return map - reserve;
 }
 
-/* Bytes of the map in use: pages up to the last one, minus the free ones
- * (counted only when it matters: the free list is read in a read txn). */
+/* Bytes of the map in use: pages up to the last one, minus the free ones.
+ * The free list is read (in a read txn) only when it matters: when the
+ * last page plus `needed` new bytes would pass the limit. */
 static uint64_t
-store_used(struct mg_store *st, uint64_t *limit_r)
+store_used(struct mg_store *st, uint64_t needed, uint64_t *limit_r)
 {
     MDB_envinfo info;
     MDB_stat stat;
@@ -479,7 +480,7 @@ store_used(struct mg_store *st, uint64_t *limit_r)
         return 0;
     *limit_r = store_limit(st, info.me_mapsize);
     pages = (uint64_t)info.me_last_pgno + 1;
-    if (pages * stat.ms_psize <= *limit_r)
+    if (pages * stat.ms_psize + needed <= *limit_r)
         return pages * stat.ms_psize;
     if (mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn) != 0)
         return pages * stat.ms_psize;
@@ -506,7 +507,7 @@ mg_store_low_space(struct mg_store *st)
     uint64_t used, limit = UINT64_MAX;
 
     pthread_rwlock_rdlock(&st->envlock);
-    used = st->env != NULL ? store_used(st, &limit) : 0;
+    used = st->env != NULL ? store_used(st, 0, &limit) : 0;
     pthread_rwlock_unlock(&st->envlock);
     return used > limit;
 }
@@ -586,7 +587,7 @@ static void
 store_batch(struct mg_store *st, struct mg_store_op *batch)
 {
     struct mg_store_op *op;
-    uint64_t used = 0, limit = UINT64_MAX, added = 0;
+    uint64_t used = 0, limit = UINT64_MAX, added = 0, needed = 0;
     MDB_txn *txn = NULL;
     int rc;
 
@@ -602,7 +603,11 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
             store_op_fail(op, true, "store unavailable");
         return;
     }
-    used = store_used(st, &limit);
+    for (op = batch; op != NULL; op = op->next) {
+        if (op->new_data)
+            needed += op->bytes;
+    }
+    used = store_used(st, needed, &limit);
     rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc == MDB_PANIC) {
         store_reopen(st);

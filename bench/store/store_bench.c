@@ -190,7 +190,7 @@ bench_store_one(void)
             bench_wait_init(&wait);
             mg_store_writer_on_drained(w, bench_drained, &wait);
             bench_wait_for(&wait);
-            continue; /* the piece was taken; MG_AGAIN asks to pause */
+            continue; /* not taken: the same piece again */
         }
         if (r != MG_OK)
             bench_die("write", "the writer failed");
@@ -274,12 +274,12 @@ bench_stream_one(void)
     do {
         size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
         unsigned char tag =
-            off + n >= bench_size ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
-                                  : 0;
+            off + n >= bench_size
+                ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
+                : 0;
 
-        crypto_secretstream_xchacha20poly1305_push(&st, out, NULL,
-                                                   bench_body + off, n, NULL,
-                                                   0, tag);
+        crypto_secretstream_xchacha20poly1305_push(
+            &st, out, NULL, bench_body + off, n, NULL, 0, tag);
         off += n;
     } while (off < bench_size);
     sodium_memzero(key, sizeof(key));
@@ -292,9 +292,8 @@ bench_vault_one(void)
 {
     static _Thread_local uint8_t out[65536 + MG_VAULT_ABYTES];
     uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
-    struct mg_vault_enc *e = mg_vault_enc_begin(bench_pk, bench_mailbox,
-                                                bench_take_id(), sealed,
-                                                header);
+    struct mg_vault_enc *e = mg_vault_enc_begin(
+        bench_pk, bench_mailbox, bench_take_id(), sealed, header);
     size_t off = 0;
 
     do {
@@ -337,7 +336,7 @@ bench_thread(void *arg)
 static void
 bench_open_store(void)
 {
-    struct mg_store_config cfg = {.map_size = 64ULL << 30};
+    struct mg_store_config cfg = {.map_size = 64ULL << 30, .recover = true};
     const char *err = NULL;
     char *dir = mg_xasprintf("%s/store", bench_dir);
 
@@ -452,8 +451,9 @@ main(int argc, char **argv)
     double t0, secs;
 
     if (argc < 6) {
-        fprintf(stderr, "usage: %s DIR store|raw|fsync|stream SIZE WRITERS "
-                        "COUNT [PREFILL_DELETE]\n",
+        fprintf(stderr,
+                "usage: %s DIR store|raw|fsync|stream SIZE WRITERS "
+                "COUNT [PREFILL_DELETE]\n",
                 argv[0]);
         return 2;
     }

@@ -85,8 +85,10 @@ struct mg_store_api {
                                        const struct mg_envelope_info *env,
                                        uint64_t conn_id, const char **error_r);
     /** Encrypt and queue a piece of the message (in the caller, not the
-     * writer thread). MG_AGAIN: the writer is behind; `resume` follows on
-     * the loop. MG_ERROR: the message failed; commit reports why. */
+     * writer thread); pass pieces of socket-read size. MG_AGAIN: the writer
+     * is behind and nothing was taken: call again with the same piece after
+     * `resume` ran on the loop. MG_ERROR: the message failed; commit
+     * reports why. */
     int (*msg_write)(struct mg_msg_writer *w, const void *data, size_t len,
                      mg_store_resume_fn resume, void *arg);
     /** Commit all copies in one durable transaction. `publish` false

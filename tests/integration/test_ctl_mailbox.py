@@ -260,7 +260,7 @@ def test_delete_suspended_empty(inst):
 
 def test_files_owned_by_configured_user(make_daemon):
     if os.geteuid() != 0:
-        pytest.skip("needs root (mailgatectl drops to `user` only as root)")
+        pytest.fail("needs root (mailgatectl drops to `user` only as root)")
     nobody = pwd.getpwnam("nobody")
     base = tempfile.mkdtemp(prefix="mg-ctl-owner-", dir="/tmp")
     try:

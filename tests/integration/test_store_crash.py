@@ -35,7 +35,7 @@ MIN_ROUNDS = 3
 def tool(name):
     build = os.environ.get("MG_BUILD_DIR")
     if not build:
-        pytest.skip("MG_BUILD_DIR is not set (tests/run-all.sh sets it)")
+        pytest.fail("MG_BUILD_DIR is not set (tests/run-all.sh sets it)")
     path = os.path.join(build, "tests", "tools", name)
     if not os.access(path, os.X_OK):
         pytest.fail(

@@ -175,7 +175,9 @@ ct_init_mailbox(const char *datadir)
 static void
 ct_open(const char *datadir)
 {
-    struct mg_store_config cfg = {.map_size = 4ull << 30, .reserve = 16u << 20};
+    /* the only process on this store: it recovers, as the daemon does */
+    struct mg_store_config cfg = {
+        .map_size = 4ull << 30, .reserve = 16u << 20, .recover = true};
     const char *error = NULL;
     char dir[4096];
 

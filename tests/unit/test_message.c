@@ -214,6 +214,7 @@ store_open(void)
         .dir = storedir,
         .map_size = 2ull << 30,
         .reserve = 1 << 20,
+        .recover = true, /* plays the daemon: it owns the store */
     };
     const char *error = NULL;
 
@@ -1128,6 +1129,7 @@ test_store_full(void **state)
     struct mg_store_config cfg = {
         .map_size = 8u << 20,
         .reserve = 1u << 20,
+        .recover = true,
     };
     struct mg_store *main_st = st;
     char dir[128], id[MG_MAILBOX_ID_MAX + 1];
