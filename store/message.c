@@ -91,6 +91,9 @@ struct msg_op {
     size_t n;
     char (*mailbox_ids)[MG_MAILBOX_ID_MAX + 1];
     uint64_t *ids;
+    /* MSG_OP_COMMIT of a message that fits one chunk: the whole message
+     * in this op (headers, envelope, body), one op instead of three */
+    struct msg_op *first_part, *last_part;
 };
 
 struct mg_store_writer {
@@ -102,8 +105,9 @@ struct mg_store_writer {
     struct mg_msg_header *hdr; /* per copy: sealed key, stream header */
     uint8_t *plain;            /* MG_VAULT_CHUNK bytes of body */
     size_t plen;
-    uint32_t nchunks; /* chunks queued so far */
-    uint64_t size;    /* body bytes accepted */
+    uint32_t nchunks;     /* chunks queued so far */
+    struct msg_op *first; /* the envelope chunk, until data needs it out */
+    uint64_t size;        /* body bytes accepted */
     enum msg_wstate state;
 
     /* shared with the store's writer thread */
@@ -295,6 +299,24 @@ msg_apply_commit(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
     return MG_OK;
 }
 
+/* A message of one body chunk: both chunks and the commit in one op. */
+static int
+msg_apply_oneshot(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
+{
+    struct msg_op *o = op->arg;
+    struct msg_op *parts[] = {o->first_part, o->last_part};
+
+    for (size_t i = 0; i < 2; i++) {
+        int rc = msg_apply_chunk(st, txn, &parts[i]->op);
+
+        if (rc != MG_OK) {
+            msg_op_error(op, parts[i]->op.error);
+            return rc;
+        }
+    }
+    return msg_apply_commit(st, txn, op);
+}
+
 static int
 msg_apply_publish(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 {
@@ -398,6 +420,13 @@ msg_complete_step(struct mg_store_op *op)
     pthread_mutex_unlock(&w->lock);
     if (done != NULL)
         done(w, status, temporary, error, done_arg);
+    if (o->first_part != NULL) {
+        /* parts of a one-op message: each held a writer ref */
+        msg_op_free(o->first_part);
+        msg_op_free(o->last_part);
+        msg_writer_unref(w);
+        msg_writer_unref(w);
+    }
     msg_op_free(o);
     msg_writer_unref(w);
 }
@@ -452,6 +481,16 @@ msg_queue(struct mg_store_writer *w, struct msg_op *o)
     w->outstanding += o->op.bytes;
     pthread_mutex_unlock(&w->lock);
     mg_store_submit(w->st, &o->op);
+}
+
+/* The envelope chunk goes out before the first body chunk. */
+static void
+msg_flush_first(struct mg_store_writer *w)
+{
+    if (w->first != NULL) {
+        msg_queue(w, w->first);
+        w->first = NULL;
+    }
 }
 
 /* A short read txn: every mailbox exists and is active; its public key. */
@@ -558,8 +597,9 @@ mg_store_writer_begin_ids(struct mg_store *st, const char *const *mailbox_ids,
     free(pk);
 
     /* chunk 0: the envelope, with the WRITING headers */
-    msg_queue(w, msg_chunk_op(w, MSG_OP_FIRST, mg_buf_data(&envbuf),
-                              mg_buf_len(&envbuf), false));
+    /* held back: a message that fits one chunk goes out in one op */
+    w->first = msg_chunk_op(w, MSG_OP_FIRST, mg_buf_data(&envbuf),
+                            mg_buf_len(&envbuf), false);
     sodium_memzero(envbuf.data, envbuf.cap);
     mg_buf_free(&envbuf);
     return w;
@@ -630,6 +670,7 @@ mg_store_writer_write(struct mg_store_writer *w, const void *data, size_t len)
 
     while (len > 0) {
         if (w->plen == MG_VAULT_CHUNK) {
+            msg_flush_first(w);
             msg_queue(w,
                       msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, false));
             w->plen = 0;
@@ -666,12 +707,26 @@ mg_store_writer_commit(struct mg_store_writer *w, bool publish,
         done(w, MG_ERROR, false, "message already committed", arg);
         return;
     }
-    /* the final chunk even when the writer failed: the stream must end */
-    msg_queue(w, msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, true));
-    sodium_memzero(w->plain, w->plen);
-    w->plen = 0;
+    if (w->first != NULL) {
+        /* all of it fits one chunk: headers, envelope, body and commit in
+         * one op, so a small message costs the writer one nested txn */
+        struct msg_op *first = w->first, *last;
 
-    o = msg_op_new(w, MSG_OP_COMMIT, msg_apply_commit, msg_complete_step);
+        w->first = NULL;
+        last = msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, true);
+        sodium_memzero(w->plain, w->plen);
+        w->plen = 0;
+        o = msg_op_new(w, MSG_OP_COMMIT, msg_apply_oneshot, msg_complete_step);
+        o->first_part = first;
+        o->last_part = last;
+        o->op.bytes = first->op.bytes + last->op.bytes;
+    } else {
+        /* the final chunk even when the writer failed: the stream ends */
+        msg_queue(w, msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, true));
+        sodium_memzero(w->plain, w->plen);
+        w->plen = 0;
+        o = msg_op_new(w, MSG_OP_COMMIT, msg_apply_commit, msg_complete_step);
+    }
     o->publish = publish;
     o->nchunks = w->nchunks;
     o->size = w->size;
@@ -681,7 +736,7 @@ mg_store_writer_commit(struct mg_store_writer *w, bool publish,
     pthread_mutex_lock(&w->lock);
     w->state = MSG_W_COMMITTING;
     pthread_mutex_unlock(&w->lock);
-    mg_store_submit(w->st, &o->op);
+    msg_queue(w, o);
 }
 
 void
@@ -750,6 +805,12 @@ mg_store_writer_free(struct mg_store_writer *w)
 
     if (w == NULL)
         return;
+    if (w->first != NULL) {
+        /* never queued: nothing of it is in the store */
+        msg_op_free(w->first);
+        w->first = NULL;
+        msg_writer_unref(w);
+    }
     pthread_mutex_lock(&w->lock);
     w->freed = true;
     state = w->state;

@@ -272,6 +272,49 @@ vault_ad(uint8_t ad[VAULT_AD_MAX], const char *mailbox_id, uint64_t msg_id)
 
 /* Returns NULL only when pk is not a usable public key (crypto_box_seal
  * refuses low-order points), i.e. a corrupt mailbox record. */
+/*
+ * Stream states hold key material, so they live in sodium_malloc memory
+ * (guard pages, locked). Mapping and unmapping that for every message
+ * costs mprotect/munmap calls and TLB shootdowns across threads, which
+ * dominated the store's throughput: states are wiped and kept in a pool.
+ */
+#define VAULT_POOL_MAX 256
+#define VAULT_STATE_SIZE                                       \
+    (sizeof(struct mg_vault_enc) > sizeof(struct mg_vault_dec) \
+         ? sizeof(struct mg_vault_enc)                         \
+         : sizeof(struct mg_vault_dec))
+
+static pthread_mutex_t vault_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *vault_pool[VAULT_POOL_MAX];
+static size_t vault_pool_n;
+
+static void *
+vault_state_get(void)
+{
+    void *p = NULL;
+
+    pthread_mutex_lock(&vault_pool_lock);
+    if (vault_pool_n > 0)
+        p = vault_pool[--vault_pool_n];
+    pthread_mutex_unlock(&vault_pool_lock);
+    return p != NULL ? p : mg_vault_secure_alloc(VAULT_STATE_SIZE);
+}
+
+static void
+vault_state_put(void *p)
+{
+    if (p == NULL)
+        return;
+    sodium_memzero(p, VAULT_STATE_SIZE);
+    pthread_mutex_lock(&vault_pool_lock);
+    if (vault_pool_n < VAULT_POOL_MAX) {
+        vault_pool[vault_pool_n++] = p;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&vault_pool_lock);
+    sodium_free(p); /* NULL when pooled */
+}
+
 void *
 mg_vault_secure_alloc(size_t n)
 {
@@ -290,12 +333,12 @@ mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
     uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     struct mg_vault_enc *e;
 
-    e = mg_vault_secure_alloc(sizeof(*e));
+    e = vault_state_get();
     e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
     crypto_secretstream_xchacha20poly1305_keygen(key);
     if (crypto_box_seal(sealed_key, key, sizeof(key), pk) != 0) {
         sodium_memzero(key, sizeof(key));
-        sodium_free(e);
+        vault_state_put(e);
         return NULL;
     }
     crypto_secretstream_xchacha20poly1305_init_push(&e->st, header, key);
@@ -318,7 +361,7 @@ mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
 void
 mg_vault_enc_free(struct mg_vault_enc *e)
 {
-    sodium_free(e);
+    vault_state_put(e);
 }
 
 int
@@ -342,14 +385,14 @@ mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
         *error_r = "cannot open the message key";
         return MG_ERROR;
     }
-    d = mg_vault_secure_alloc(sizeof(*d));
+    d = vault_state_get();
     d->adlen = vault_ad(d->ad, mailbox_id, msg_id);
     d->finished = false;
     d->failed = false;
     if (crypto_secretstream_xchacha20poly1305_init_pull(&d->st, header, mkey) !=
         0) {
         sodium_memzero(mkey, sizeof(mkey));
-        sodium_free(d);
+        vault_state_put(d);
         *error_r = "invalid message stream header";
         return MG_ERROR;
     }
@@ -402,5 +445,5 @@ mg_vault_dec_pull(struct mg_vault_dec *d, const uint8_t *in, size_t len,
 void
 mg_vault_dec_free(struct mg_vault_dec *d)
 {
-    sodium_free(d);
+    vault_state_put(d);
 }
