@@ -103,7 +103,8 @@ struct mg_store_writer {
     uint64_t *ids;
     struct mg_vault_enc **enc;
     struct mg_msg_header *hdr; /* per copy: sealed key, stream header */
-    uint8_t *plain;            /* MG_VAULT_CHUNK bytes of body */
+    uint8_t *plain;            /* up to MG_VAULT_CHUNK bytes of body */
+    size_t pcap;               /* its size */
     size_t plen;
     uint32_t nchunks;     /* chunks queued so far */
     struct msg_op *first; /* the envelope chunk, until data needs it out */
@@ -153,7 +154,7 @@ msg_writer_unref(struct mg_store_writer *w)
         if (w->enc[i] != NULL)
             mg_vault_enc_free(w->enc[i]);
     }
-    sodium_memzero(w->plain, MG_VAULT_CHUNK);
+    sodium_memzero(w->plain, w->pcap);
     free(w->plain);
     free(w->enc);
     free(w->hdr);
@@ -483,6 +484,31 @@ msg_queue(struct mg_store_writer *w, struct msg_op *o)
     mg_store_submit(w->st, &o->op);
 }
 
+/* Room for `need` plaintext bytes; the old buffer is wiped, not leaked
+ * to the allocator with message data in it. */
+static void
+msg_plain_room(struct mg_store_writer *w, size_t need)
+{
+    size_t cap = w->pcap ? w->pcap : 4096;
+    uint8_t *p;
+
+    if (need <= w->pcap)
+        return;
+    while (cap < need)
+        cap *= 2;
+    if (cap > MG_VAULT_CHUNK)
+        cap = MG_VAULT_CHUNK;
+    p = mg_xmalloc(cap);
+    if (w->plen > 0)
+        memcpy(p, w->plain, w->plen);
+    if (w->plain != NULL) {
+        sodium_memzero(w->plain, w->pcap);
+        free(w->plain);
+    }
+    w->plain = p;
+    w->pcap = cap;
+}
+
 /* The envelope chunk goes out before the first body chunk. */
 static void
 msg_flush_first(struct mg_store_writer *w)
@@ -573,7 +599,7 @@ mg_store_writer_begin_ids(struct mg_store *st, const char *const *mailbox_ids,
     w->ids = mg_xcalloc(n, sizeof(*w->ids));
     w->enc = mg_xcalloc(n, sizeof(*w->enc));
     w->hdr = mg_xcalloc(n, sizeof(*w->hdr));
-    w->plain = mg_xmalloc(MG_VAULT_CHUNK);
+    w->plain = NULL; /* sized on demand: most messages are small */
     for (i = 0; i < n; i++) {
         snprintf(w->mailbox_ids[i], sizeof(w->mailbox_ids[i]), "%s",
                  mailbox_ids[i]);
@@ -678,6 +704,7 @@ mg_store_writer_write(struct mg_store_writer *w, const void *data, size_t len)
         take = MG_VAULT_CHUNK - w->plen;
         if (take > len)
             take = len;
+        msg_plain_room(w, w->plen + take);
         memcpy(w->plain + w->plen, p, take);
         w->plen += take;
         w->size += take;
@@ -707,6 +734,7 @@ mg_store_writer_commit(struct mg_store_writer *w, bool publish,
         done(w, MG_ERROR, false, "message already committed", arg);
         return;
     }
+    msg_plain_room(w, 1); /* an empty body still has a final chunk */
     if (w->first != NULL) {
         /* all of it fits one chunk: headers, envelope, body and commit in
          * one op, so a small message costs the writer one nested txn */
