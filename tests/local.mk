@@ -4,6 +4,11 @@
 # test-only modules for the loader tests (shared objects, never installed)
 MG_TESTMOD_LDFLAGS = -module -avoid-version -shared -rpath /nowhere \
 	$(MG_SAN_LDFLAGS)
+# fault injection: fsync/fdatasync fail with EIO while a flag file exists
+check_LTLIBRARIES += tests/tools/failsync.la
+tests_tools_failsync_la_SOURCES = tests/tools/failsync.c
+tests_tools_failsync_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+tests_tools_failsync_la_LIBADD = -ldl
 check_LTLIBRARIES += tests/modules/good.la tests/modules/badabi.la \
 	tests/modules/badsig.la tests/modules/nosym.la tests/modules/misnamed.la
 tests_modules_good_la_SOURCES = tests/modules/loader_good.c
