@@ -35,7 +35,7 @@ tests_fuzz_fuzz_smtp_CPPFLAGS = $(modules_smtp_smtp_la_CPPFLAGS)
 EXTRA_DIST += tests/fuzz/run-corpus.sh tests/fuzz/corpus
 
 fuzz-smtp:
-	clang -g -O1 -fsanitize=fuzzer,address,undefined \
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -DMG_LIBFUZZER \
 	  $(modules_smtp_smtp_la_CPPFLAGS) -I$(top_builddir) \
 	  $(top_srcdir)/tests/fuzz/fuzz_smtp.c \
 	  $(top_srcdir)/modules/smtp/smtp_parse.c \
