@@ -167,6 +167,7 @@ ma_mailbox_get(const char *id, struct mg_mailbox_info *info_r,
 struct mg_msg_writer {
     struct mg_store_writer *w;
     uint64_t conn_id;
+    size_t ncopies;
     unsigned inflight; /* completions posted or awaited */
     bool freed;        /* the module let go */
     mg_store_resume_fn resume;
@@ -283,6 +284,7 @@ ma_msg_begin(const char *const *mailbox_ids, size_t n,
     }
     mw = mg_xcalloc(1, sizeof(*mw));
     mw->conn_id = conn_id;
+    mw->ncopies = n;
     mw->w =
         mg_store_writer_begin_ids(ma_store, mailbox_ids, n, ids, &e, error_r);
     free(ids);
@@ -348,6 +350,17 @@ static int
 ma_msg_discard(struct mg_msg_writer *mw, mg_store_done_fn done, void *arg)
 {
     return ma_msg_step(mw, 2, false, done, arg);
+}
+
+static int
+ma_msg_id(const struct mg_msg_writer *mw, size_t i, uint64_t *id_r,
+          char uidl_r[40])
+{
+    if (i >= mw->ncopies)
+        return MG_DECLINED;
+    *id_r = mg_store_writer_ids(mw->w)[i];
+    mg_msg_uidl(ma_store, *id_r, uidl_r);
+    return MG_OK;
 }
 
 static void
@@ -688,6 +701,7 @@ static const struct mg_store_api ma_api = {
     .msg_open = ma_msg_open,
     .msg_read = ma_msg_read,
     .msg_close = ma_msg_close,
+    .msg_id = ma_msg_id,
 };
 
 int

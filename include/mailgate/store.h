@@ -132,6 +132,14 @@ struct mg_store_api {
     int (*msg_read)(struct mg_msg_reader *r, const void **data, size_t *len,
                     mg_store_resume_fn resume, void *arg);
     void (*msg_close)(struct mg_msg_reader *r);
+
+    /* -- added after the first release: check `size` before use -- */
+
+    /** Id and UIDL of copy i of a message started with msg_begin (the
+     * order of its mailbox ids), e.g. for "250 queued as" and
+     * message.stored. MG_DECLINED past the last copy. */
+    int (*msg_id)(const struct mg_msg_writer *w, size_t i, uint64_t *id_r,
+                  char uidl_r[40]);
 };
 
 #endif /* MG_STORE_H */

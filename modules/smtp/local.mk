@@ -3,6 +3,7 @@
 pkglib_LTLIBRARIES += modules/smtp/smtp.la
 modules_smtp_smtp_la_SOURCES = \
 	modules/smtp/smtp.h \
+	modules/smtp/smtp_engine.h \
 	modules/smtp/smtp_parse.c \
 	modules/smtp/smtp_data.c \
 	modules/smtp/smtp_session.c \
