@@ -20,7 +20,7 @@ from smtp_helpers import (addr, connect, sample_message, session,
 SENDER = "alice@sender.test"
 
 
-def check_stored(stored, sender, rcpt, message, tls_client=None):
+def check_stored(stored, sender, rcpt, message, tls=None):
     """One stored copy: Return-Path, Received (TLS details, "for <rcpt>"
     when given), then the message exactly as sent."""
     trace, rest = split_trace(stored["body"])
@@ -28,9 +28,8 @@ def check_stored(stored, sender, rcpt, message, tls_client=None):
     received = trace["Received"]
     if rcpt is not None:
         assert ("for <%s>" % rcpt).lower() in received.lower(), received
-    if tls_client is not None:
-        version = tls_client.version()
-        cipher = tls_client.cipher()[0]
+    if tls is not None:
+        version, cipher = tls
         assert re.search(r"TLSv1\.[23]", received), received
         assert version in received, (version, received)
         assert cipher in received, (cipher, received)
@@ -78,12 +77,12 @@ def test_smtplib_tls_delivery(make_smtp, certs, mode):
         s = smtplib_implicit(d.smtps_port, certs)
     refused = s.sendmail(SENDER, [addr(mb)], msg)
     assert refused == {}
-    tls_sock = s.sock
+    tls = (s.sock.version(), s.sock.cipher()[0])
     # the one message is stored before the 250 (no polling needed)
     got = mg_dump(d, mb)
     s.quit()
     assert len(got) == 1, got
-    check_stored(got[0], SENDER, addr(mb), msg, tls_client=tls_sock)
+    check_stored(got[0], SENDER, addr(mb), msg, tls=tls)
     assert [r.lower() for r in got[0]["rcpts"]] == [addr(mb).lower()]
 
 
@@ -154,7 +153,7 @@ def test_swaks_pipelining_tls(make_smtp, certs, tmp_path):
     r = swaks("--server", "127.0.0.1", "--port", str(d.smtp_port),
               "--ehlo", "client.test", "--from", SENDER, "--to", addr(mb),
               "--pipeline", "--tls", "--tls-verify", "--tls-ca-path",
-              certs["cert"], "--tls-sni", "localhost", "--data", str(f))
+              certs["cert"], "--tls-sni", "localhost", "--data", "@" + str(f))
     assert r.returncode == 0, r.stdout
     # swaks really pipelined: MAIL, RCPT and DATA went out together
     # (swaks marks lines sent/received under TLS with ~> and <~)

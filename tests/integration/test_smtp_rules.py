@@ -127,7 +127,8 @@ BAD_COMMANDS = [
     ("MAIL FROM:<;sleep 10;>", (501, 553)),
     ("MAIL FROM:<a\x00@b.test>", (500, 501, 553)),
     ("MAIL FROM:alice@sender.test", (501,)),
-    ("MAIL FROM:<" + "a" * 1024 + "@b.test>", (501, 553)),
+    # a local part of 900 octets (the limit is 64; the line stays < 1000)
+    ("MAIL FROM:<" + "a" * 900 + "@b.test>", (501, 553)),
     # ESMTP parameters (catalog 17)
     ("MAIL FROM:<a@b.test> SIZE=99999999999999999999", (501, 552)),
     ("MAIL FROM:<a@b.test> SIZE=-1", (501, 555)),

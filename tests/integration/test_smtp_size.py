@@ -90,11 +90,8 @@ def rss_kb(pid):
     return vals.get("VmRSS", 0), vals.get("RssAnon", 0)
 
 
-# 150 MB through the ASan build, the store's encryption and then mg-dump
-# decrypting it again takes longer than the suite's 15 s watchdog on these
-# 2-core machines; the transfer itself has deadlines of its own (socket
-# timeouts), so a stall still fails quickly.
-@pytest.mark.watchdog(180)
+# 150 MB through the ASan build and back out with mg-dump takes about 3 s
+# here, well inside the suite's 15 s watchdog.
 def test_150mb_message_bounded_rss(make_smtp, certs, tmp_path):
     d = make_smtp(start=False)
     if sanitized():
@@ -111,7 +108,7 @@ def test_150mb_message_bounded_rss(make_smtp, certs, tmp_path):
     block = b64_lines(1 << 20)  # 1 MiB-ish of lines, repeated
     nblocks = size // len(block) + 1
     body_hash = hashlib.sha256()
-    c = connect(d.smtp_port, timeout=60)
+    c = connect(d.smtp_port, timeout=10)
     c.ehlo()
     c.expect("MAIL FROM:<alice@sender.test> SIZE=%d" % (len(block) * nblocks
                                                          + len(header)), 250)
@@ -166,7 +163,6 @@ def test_150mb_message_bounded_rss(make_smtp, certs, tmp_path):
 SMALL_STORE = {"store": {"map_size": 16777216, "reserve": 1048576}}
 
 
-@pytest.mark.watchdog(60)
 @pytest.mark.parametrize("nrcpt", [1, 2])
 def test_disk_full_4xx_nothing_partial(make_smtp, certs, nrcpt):
     """Fill a 16 MiB store: every refusal is a 4xx (never a 5xx, never a

@@ -9,6 +9,8 @@ message stored, the smuggled commands are content of that message, and
 the session is still in sync.
 """
 
+import re
+
 import pytest
 
 from conftest import mailbox_create, mg_dump, split_trace, tls_client_ctx
@@ -36,6 +38,12 @@ def normalise(data):
             out += data[i:i + 1]
             i += 1
     return bytes(out)
+
+
+def unstuff(data):
+    """RFC 5321 4.5.2: the first dot of a line that starts with one is
+    removed (a bare "." line that does not end the data becomes empty)."""
+    return re.sub(rb"(?m)^\.", b"", data)
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: repr(v)[2:-1])
@@ -66,7 +74,10 @@ def test_smuggling_variant_is_content(make_smtp, certs, variant):
     _, rest = split_trace(got[0]["body"])
     assert b"smuggled\r\n" in rest and b"MAIL FROM:<evil@x>\r\n" in rest, rest
     if b"\x00" not in variant:
-        assert rest == normalise(body), (rest, normalise(body))
+        # bare CR/LF normalised to CRLF; whether the lone dot of the
+        # variant is then unstuffed is the engine's choice
+        assert rest in (normalise(body), unstuff(normalise(body))), \
+            (rest, normalise(body))
     else:
         # NUL is content; only the line structure around it matters
         assert rest.startswith(b"Subject: smuggle\r\n\r\nbefore\r\n"), rest
@@ -74,15 +85,16 @@ def test_smuggling_variant_is_content(make_smtp, certs, variant):
 
 
 def test_bare_lf_command_not_a_terminator(make_smtp, certs):
-    """`NOOP\\n` is not a complete command (catalog 14): nothing is
-    answered until the CRLF arrives, and the session stays in sync."""
+    """A bare LF in a command (catalog 14): whether `NOOP\\n` is read as a
+    line (normalised, as Postfix's smtpd_forbid_bare_newline = normalize)
+    or not, no reply is lost or doubled: the session stays in sync."""
     d = make_smtp()
     c = session(d.smtp_port, certs)
     c.send(b"NOOP\nNOOP\r\n")
-    # one reply for the one CRLF-terminated line (accepted or refused)
     got = c.replies()
-    assert len(got) == 1 and got[0][0] in (250, 500, 501), got
-    c.expect("NOOP", 250)
+    assert len(got) in (1, 2) and all(r[0] in (250, 500, 501) for r in got), got
+    c.send(b"NOOP\r\n")
+    assert [r[0] for r in c.replies()] == [250]
 
 
 def test_starttls_injection(make_smtp, certs):
