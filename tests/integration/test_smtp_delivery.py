@@ -223,7 +223,7 @@ def test_bdat_pipelined_and_zero_last(make_smtp, certs):
     mb = mailbox_create(d)
     msg1 = b"Subject: one\r\n\r\nbody one\r\n"
     msg2 = b"Subject: two\r\n\r\nbody\ntwo\r\n.\r\n"
-    c = session(d.smtp_port, certs)
+    c = session(d.smtp_port, certs, timeout=4)
     # everything in one segment: MAIL, RCPT, BDAT, BDAT 0 LAST, then a
     # second transaction with a single BDAT LAST, then NOOP
     c.send(b"MAIL FROM:<a@sender.test>\r\nRCPT TO:<" + addr(mb).encode()

@@ -190,7 +190,7 @@ def test_long_command_line(make_smtp, certs):
 def test_huge_command_without_crlf(make_smtp, certs):
     """1 MB without a line end: refused and disconnected, buffers capped."""
     d = make_smtp()
-    c = session(d.smtp_port, certs)
+    c = session(d.smtp_port, certs, timeout=4)
     try:
         c.send(b"NOOP " + b"x" * (1 << 20))
     except (BrokenPipeError, ConnectionResetError):
