@@ -205,10 +205,12 @@ ma_done_loop(void *arg)
     };
     mg_store_done_fn done = mw->done;
 
-    mw->inflight--;
     mw->done = NULL;
+    /* still counted in flight: a msg_free() inside done() must not free
+     * mw under this function */
     if (!mw->freed && done != NULL)
         done(mw->conn_id, &out, mw->done_arg);
+    mw->inflight--;
     free(res);
     if (mw->freed)
         ma_writer_release(mw);

@@ -300,22 +300,14 @@ smtp_check_literal(const char *s, size_t len)
     return true;
 }
 
-/*
- * Parse a path that starts at p ("<" ... ">"), copy the mailbox without the
- * source route into out (SMTP_PATH_MAX + 1 bytes) and set *used to the
- * bytes up to and including the '>'. *utf8_r reports non-ASCII.
- */
-static int
-smtp_parse_path(const char *p, size_t len, const struct smtp_role *role,
-                char *out, size_t *used, bool *utf8_r, struct smtp_error *err)
+/* the index of the '>' closing the path that starts at p[0] == '<' (one
+ * inside a quoted local part does not count), or len */
+static size_t
+smtp_path_close(const char *p, size_t len)
 {
-    const char *s, *end, *at;
-    size_t i, plen;
     bool inq = false;
+    size_t i;
 
-    if (len == 0 || p[0] != '<')
-        return smtp_fail(err, 501, "5.5.4", "path must be enclosed in <>");
-    /* find the closing '>' (one inside a quoted local part does not count) */
     for (i = 1; i < len; i++) {
         if (inq && p[i] == '\\' && i + 1 < len)
             i++;
@@ -324,99 +316,92 @@ smtp_parse_path(const char *p, size_t len, const struct smtp_role *role,
         else if (!inq && p[i] == '>')
             break;
     }
-    if (i >= len)
-        return smtp_fail(err, 501, "5.5.4", "path must be enclosed in <>");
-    plen = i - 1;
-    *used = i + 1;
-    if (plen > SMTP_PATH_MAX)
-        return smtp_fail(err, 501, "5.5.4", "path too long");
-    s = p + 1;
-    end = s + plen;
-    if (plen == 0) {
-        if (role->rcpt)
-            return smtp_fail(err, 553, role->bad, "null recipient <>");
-        out[0] = '\0';
-        return MG_OK;
+    return i;
+}
+
+/* A-d-l ":" at s[0] == '@': the position after the ':', or NULL */
+static const char *
+smtp_skip_route(const char *s, const char *end, bool *utf8_r)
+{
+    for (;;) {
+        const char *d = ++s;
+
+        while (s < end && *s != ',' && *s != ':')
+            s++;
+        if (s >= end || !smtp_check_domain(d, (size_t)(s - d), utf8_r))
+            return NULL;
+        if (*s++ == ':')
+            return s < end ? s : NULL;
+        if (s >= end || *s != '@')
+            return NULL;
     }
+}
 
-    /* A-d-l ":" -- accepted and dropped (RFC 5321 4.1.1.3, C) */
-    if (s[0] == '@') {
-        for (;;) {
-            const char *d = ++s;
+/* Quoted-string at s[0] == '"': the position after the closing quote */
+static const char *
+smtp_skip_quoted(const char *s, const char *end, bool *utf8_r)
+{
+    for (s++; s < end && *s != '"';) {
+        unsigned char c = (unsigned char)*s;
 
-            while (s < end && *s != ',' && *s != ':')
-                s++;
-            if (s >= end || !smtp_check_domain(d, (size_t)(s - d), utf8_r))
-                return smtp_fail(err, 553, role->bad, "invalid source route");
-            if (*s++ == ':')
-                break;
-            if (s >= end || *s != '@')
-                return smtp_fail(err, 553, role->bad, "invalid source route");
-        }
-        if (s >= end)
-            return smtp_fail(err, 553, role->bad, "invalid mailbox");
+        if (c == '\\') {
+            if (s + 1 >= end || s[1] < 32 || s[1] > 126)
+                return NULL;
+            s += 2;
+        } else if (c >= 0x80) {
+            size_t n =
+                smtp_utf8_len((const unsigned char *)s, (size_t)(end - s));
+
+            if (n == 0)
+                return NULL;
+            *utf8_r = true;
+            s += n;
+        } else if (c >= 32)
+            s++;
+        else
+            return NULL;
     }
+    return s < end ? s + 1 : NULL;
+}
 
-    /* <Postmaster> is a forward-path of its own (RFC 5321 4.1.1.3) */
-    if (role->rcpt && smtp_ieq(s, (size_t)(end - s), "postmaster")) {
-        memcpy(out, s, (size_t)(end - s));
-        out[end - s] = '\0';
-        return MG_OK;
+/* Dot-string (empty atoms tolerated) up to the '@', or NULL */
+static const char *
+smtp_skip_dotstring(const char *s, const char *end, bool *utf8_r)
+{
+    bool atom = false;
+
+    while (s < end && *s != '@') {
+        unsigned char c = (unsigned char)*s;
+
+        if (c >= 0x80) {
+            size_t n =
+                smtp_utf8_len((const unsigned char *)s, (size_t)(end - s));
+
+            if (n == 0)
+                return NULL;
+            *utf8_r = true;
+            s += n;
+            atom = true;
+        } else if (smtp_atext(c)) {
+            s++;
+            atom = true;
+        } else if (c == '.')
+            s++;
+        else
+            return NULL;
     }
+    return atom ? s : NULL;
+}
 
-    /* Local-part = Dot-string / Quoted-string */
-    at = s;
-    if (*at == '"') {
-        for (at++; at < end && *at != '"';) {
-            unsigned char c = (unsigned char)*at;
+/* Mailbox = Local-part "@" ( Domain / address-literal ), s < end */
+static int
+smtp_check_mailbox(const char *s, const char *end, const struct smtp_role *role,
+                   bool *utf8_r, struct smtp_error *err)
+{
+    const char *at = *s == '"' ? smtp_skip_quoted(s, end, utf8_r)
+                               : smtp_skip_dotstring(s, end, utf8_r);
 
-            if (c == '\\') {
-                if (at + 1 >= end || at[1] < 32 || at[1] > 126)
-                    return smtp_fail(err, 553, role->bad, "invalid mailbox");
-                at += 2;
-            } else if (c >= 0x80) {
-                size_t n = smtp_utf8_len((const unsigned char *)at,
-                                         (size_t)(end - at));
-
-                if (n == 0)
-                    return smtp_fail(err, 553, role->bad, "invalid mailbox");
-                *utf8_r = true;
-                at += n;
-            } else if (c >= 32 && c <= 126)
-                at++;
-            else
-                return smtp_fail(err, 553, role->bad, "invalid mailbox");
-        }
-        if (at >= end)
-            return smtp_fail(err, 553, role->bad, "invalid mailbox");
-        at++; /* closing quote */
-    } else {
-        bool atom = false;
-
-        while (at < end && *at != '@') {
-            unsigned char c = (unsigned char)*at;
-
-            if (c >= 0x80) {
-                size_t n = smtp_utf8_len((const unsigned char *)at,
-                                         (size_t)(end - at));
-
-                if (n == 0)
-                    return smtp_fail(err, 553, role->bad, "invalid mailbox");
-                *utf8_r = true;
-                at += n;
-                atom = true;
-            } else if (smtp_atext(c)) {
-                at++;
-                atom = true;
-            } else if (c == '.')
-                at++;
-            else
-                return smtp_fail(err, 553, role->bad, "invalid mailbox");
-        }
-        if (!atom)
-            return smtp_fail(err, 553, role->bad, "invalid mailbox");
-    }
-    if (at >= end || *at != '@')
+    if (at == NULL || at >= end || *at != '@')
         return smtp_fail(err, 553, role->bad, "invalid mailbox");
     if ((size_t)(at - s) > SMTP_LOCAL_MAX)
         return smtp_fail(err, 553, role->bad, "local part too long");
@@ -428,7 +413,41 @@ smtp_parse_path(const char *p, size_t len, const struct smtp_role *role,
             return smtp_fail(err, 553, role->bad, "invalid address literal");
     } else if (!smtp_check_domain(at, (size_t)(end - at), utf8_r))
         return smtp_fail(err, 553, role->bad, "invalid domain");
+    return MG_OK;
+}
 
+/*
+ * Parse a path that starts at p ("<" ... ">"), copy the mailbox without the
+ * source route into out (SMTP_PATH_MAX + 1 bytes) and set *used to the
+ * bytes up to and including the '>'. *utf8_r reports non-ASCII.
+ */
+static int
+smtp_parse_path(const char *p, size_t len, const struct smtp_role *role,
+                char *out, size_t *used, bool *utf8_r, struct smtp_error *err)
+{
+    const char *s, *end;
+    size_t i;
+
+    if (len == 0 || p[0] != '<' || (i = smtp_path_close(p, len)) >= len)
+        return smtp_fail(err, 501, "5.5.4", "path must be enclosed in <>");
+    *used = i + 1;
+    if (i - 1 > SMTP_PATH_MAX)
+        return smtp_fail(err, 501, "5.5.4", "path too long");
+    s = p + 1;
+    end = p + i;
+    if (s == end) {
+        if (role->rcpt)
+            return smtp_fail(err, 553, role->bad, "null recipient <>");
+        out[0] = '\0';
+        return MG_OK;
+    }
+    /* A-d-l ":" -- accepted and dropped (RFC 5321 4.1.1.3, C) */
+    if (s[0] == '@' && (s = smtp_skip_route(s, end, utf8_r)) == NULL)
+        return smtp_fail(err, 553, role->bad, "invalid source route");
+    /* <Postmaster> is a forward-path of its own (RFC 5321 4.1.1.3) */
+    if (!(role->rcpt && smtp_ieq(s, (size_t)(end - s), "postmaster")) &&
+        smtp_check_mailbox(s, end, role, utf8_r, err) != MG_OK)
+        return MG_ERROR;
     memcpy(out, s, (size_t)(end - s));
     out[end - s] = '\0';
     return MG_OK;

@@ -114,6 +114,7 @@ struct smtp_session {
     struct smtp_session *next, *prev; /* hash bucket */
     struct smtp_state *st;
     struct mg_conn *c;
+    struct mg_conn *close_c; /* to close once the session is freed */
     uint64_t id;
     enum smtp_sstate state;
     enum smtp_wait wait;
@@ -515,9 +516,11 @@ smtp_close(struct smtp_session *s)
         return;
     /* handlers see the session while its conn still exists */
     smtp_data_end_error(s);
-    smtp_api->conn->close(s->c);
     s->closed = true;
-    s->c = NULL; /* close() may have freed it already */
+    /* closed when the entry point returns, after the session is freed:
+     * the conn's close may release the generation, sessions included */
+    s->close_c = s->c;
+    s->c = NULL;
 }
 
 static void
@@ -529,8 +532,13 @@ smtp_enter(struct smtp_session *s)
 static void
 smtp_leave(struct smtp_session *s)
 {
-    if (--s->depth == 0 && s->closed)
+    if (--s->depth == 0 && s->closed) {
+        struct mg_conn *c = s->close_c;
+
         smtp_session_free(s);
+        if (c != NULL)
+            smtp_api->conn->close(c);
+    }
 }
 
 /* ============================================================= replies */
@@ -1294,7 +1302,7 @@ smtp_data_step(struct smtp_session *s)
         smtp_enter_state(s, SMTP_ST_END);
         s->fin = SMTP_FIN_TEE;
         smtp_finish(s);
-        return false;
+        return s->state != SMTP_ST_END; /* else waiting */
     }
     smtp_api->conn->peek(s->c, &in, &len);
     if (len == 0)
@@ -1333,7 +1341,7 @@ smtp_chunk_step(struct smtp_session *s)
         smtp_enter_state(s, SMTP_ST_END);
         s->fin = s->chunk_last ? SMTP_FIN_TEE : SMTP_FIN_BDAT;
         smtp_finish(s);
-        return false;
+        return s->state != SMTP_ST_END; /* else waiting */
     }
     smtp_api->conn->peek(s->c, &in, &len);
     if (len == 0)
@@ -1454,12 +1462,11 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_command *cmd)
     }
     smtp_reply(s, 220, "2.0.0", "Ready to start TLS");
     smtp_txn_reset(s);
-    if (smtp_api->conn->starttls(s->c) != MG_OK) {
-        smtp_close(s);
-        return;
-    }
+    /* before the call: MG_CONN_TLS_READY may come from inside it */
     s->wait = SMTP_WAIT_TLS;
     smtp_enter_state(s, SMTP_ST_TLS);
+    if (smtp_api->conn->starttls(s->c) != MG_OK)
+        smtp_close(s);
 }
 
 /* The parameters of MAIL/RCPT as sent: what follows the path. */

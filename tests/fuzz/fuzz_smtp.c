@@ -20,13 +20,13 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define FUZZ_CHECK(c)                                                  \
-    do {                                                               \
-        if (!(c)) {                                                    \
-            fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, \
-                    __LINE__, #c);                                     \
-            abort();                                                   \
-        }                                                              \
+#define FUZZ_CHECK(c)                                                        \
+    do {                                                                     \
+        if (!(c)) {                                                          \
+            (void)fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, \
+                          __LINE__, #c);                                     \
+            abort();                                                         \
+        }                                                                    \
     } while (0)
 
 static void
@@ -143,13 +143,11 @@ fuzz_data_model(const char *in, size_t len, char *out, size_t *outlen,
         while (i < len && in[i] != '\r' && in[i] != '\n')
             i++;
         e = i;
-        if (i == len) {
-            next = len;
+        if (i == len || (in[i] == '\r' && i + 1 == len)) {
+            next = len; /* no end yet, or a pending CR */
         } else if (in[i] == '\n') {
             term = T_LF;
             next = i + 1;
-        } else if (i + 1 == len) {
-            next = len; /* pending CR */
         } else if (in[i + 1] == '\n') {
             term = T_CRLF;
             next = i + 2;
@@ -294,7 +292,7 @@ main(int argc, char **argv)
         size_t len = 0, cap = 0, n;
 
         if (f == NULL) {
-            perror(argv[i]);
+            perror(argv[i]); /* NOLINT(cert-err33-c) */
             return 1;
         }
         do {
@@ -308,10 +306,10 @@ main(int argc, char **argv)
             len += n;
         } while (n > 0);
         if (ferror(f)) {
-            perror(argv[i]);
+            perror(argv[i]); /* NOLINT(cert-err33-c) */
             return 1;
         }
-        fclose(f);
+        (void)fclose(f);
         LLVMFuzzerTestOneInput(buf, len);
         free(buf);
     }
