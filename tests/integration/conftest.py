@@ -10,6 +10,7 @@ prefix whose include/ and lib/pkgconfig/mailgate.pc build the test-only
 module tests/modules/testline.c out of tree (the way a third party would).
 """
 
+import json
 import os
 import re
 import shutil
@@ -80,15 +81,23 @@ class WatchdogTimeout(Exception):
     pass
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "watchdog(seconds): a longer watchdog for one test")
+
+
 @pytest.fixture(autouse=True)
-def _watchdog():
-    """Abort a test (and its fixtures) that runs away."""
+def _watchdog(request):
+    """Abort a test (and its fixtures) that runs away. A test that needs
+    longer says so with @pytest.mark.watchdog(seconds) and why."""
+    mark = request.node.get_closest_marker("watchdog")
+    limit = mark.args[0] if mark else TEST_WATCHDOG_S
 
     def fire(signum, frame):
-        raise WatchdogTimeout("test exceeded %d s" % TEST_WATCHDOG_S)
+        raise WatchdogTimeout("test exceeded %d s" % limit)
 
     old = signal.signal(signal.SIGALRM, fire)
-    signal.alarm(TEST_WATCHDOG_S)
+    signal.alarm(limit)
     try:
         yield
     finally:
@@ -210,6 +219,9 @@ def cfg_value(v):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, (list, tuple)):
         return "[ " + ", ".join(cfg_value(x) for x in v) + " ]"
+    if isinstance(v, dict):
+        return "{ " + " ".join("%s = %s;" % (k, cfg_value(x))
+                               for k, x in v.items()) + " }"
     raise TypeError("no libconfig form for %r" % (v,))
 
 
@@ -252,6 +264,7 @@ class Daemon:
         self.ports = []
         self.expect_exit = 0
         self.stopped = None  # (exit code, elapsed) once stopped
+        self.extra_env = {}  # added to the daemon's environment
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.module_dir, exist_ok=True)
         for name in ("cert", "key"):
@@ -321,7 +334,7 @@ class Daemon:
             stdin=subprocess.DEVNULL,
             stdout=self.log_fd,
             stderr=self.log_fd,
-            env=daemon_env(),
+            env=dict(daemon_env(), **self.extra_env),
         )
         self.t_start = time.monotonic()
         if wait:
@@ -695,3 +708,166 @@ def fnv_work(n):
         h ^= i & 0xFF
         h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return "%016x" % h
+
+
+# ------------------------------------------------------------ smtp module
+
+SMTP_DOMAIN = "example.test"
+
+
+def build_tool(name):
+    """A test-only tool from the build tree (MG_BUILD_DIR/tests/tools)."""
+    build = env_required("MG_BUILD_DIR")
+    path = os.path.join(build, "tests", "tools", name)
+    if not os.access(path, os.X_OK):
+        pytest.fail("%s is missing: build it with `make check` (or make %s)"
+                    % (path, os.path.join("tests", "tools", name)),
+                    pytrace=False)
+    return path
+
+
+def smtp_so():
+    """The installed smtp module: MG_PREFIX/lib/mailgate/smtp.so."""
+    path = os.path.join(env_required("MG_PREFIX"), "lib", "mailgate", "smtp.so")
+    if not os.path.exists(path):
+        pytest.fail("%s is missing (make install)" % path, pytrace=False)
+    return path
+
+
+def smtp_module_text(listen, settings=None):
+    """The smtp module's group for Daemon.config_text(extra_modules=...)."""
+    parts = ['name = "smtp";', "path = %s;" % cfg_value(smtp_so())]
+    for k, v in (settings or {}).items():
+        parts.append("%s = %s;" % (k, cfg_value(v)))
+    entries = ", ".join(
+        "{ " + " ".join("%s = %s;" % (k, cfg_value(v)) for k, v in e.items()) + " }"
+        for e in listen)
+    parts.append("listen = ( %s );" % entries)
+    return "{ " + " ".join(parts) + " }"
+
+
+@pytest.fixture
+def make_smtp(make_daemon):
+    """Factory: a daemon with the smtp module and email_domain
+    example.test. make_smtp(listen=[...], smtp={settings}, top={...}).
+    Without `listen`: one STARTTLS and one implicit-TLS listener, as
+    d.smtp_port and d.smtps_port. The testline module of the base config
+    gets a free port of its own (never its default)."""
+
+    def make(listen=None, smtp=None, top=None, start=True, **kw):
+        if listen is None:
+            listen = [listener(free_port(), "starttls"),
+                      listener(free_port(), "implicit")]
+        t = {"email_domain": SMTP_DOMAIN}
+        t.update(top or {})
+        d = make_daemon(start=False, listen=[listener(free_port())], top=t,
+                        extra_modules=[smtp_module_text(listen, smtp)], **kw)
+        d.smtp_listen = listen
+        d.ports = d.ports + [e["port"] for e in listen]
+        by_mode = {}
+        for e in listen:
+            by_mode.setdefault(e.get("tls", "none"), e["port"])
+        d.smtp_port = by_mode.get("starttls", by_mode.get("none"))
+        d.smtps_port = by_mode.get("implicit")
+        if start:
+            d.start()
+        return d
+
+    return make
+
+
+def mailbox_create(d, name="Journal"):
+    """mailgatectl --json mailbox create: the record, with "id",
+    "address" and (shown once) "password"."""
+    r = d.ctl("--json", "mailbox", "create", "--name", name)
+    assert r.returncode == 0, "mailbox create: exit %d\n%s%s" % (
+        r.returncode, r.stdout, r.stderr)
+    m = json.loads(r.stdout)
+    assert m["id"] and m["password"], m
+    return m
+
+
+def mailbox_status(d, mailbox_id, status):
+    """mailgatectl mailbox edit ID --status active|suspended."""
+    r = d.ctl("mailbox", "edit", mailbox_id, "--status", status)
+    assert r.returncode == 0, "mailbox edit: exit %d\n%s%s" % (
+        r.returncode, r.stdout, r.stderr)
+
+
+MG_DUMP_LINE = re.compile(
+    r"^id=(\d+) uidl=(\S+) received=(\d+) size=(\d+) source=(\S*) "
+    r"sender=<(.*?)> rcpts=(.*)$")
+
+
+def mg_dump(d, mailbox, outdir=None):
+    """The mailbox's messages read back from the store with the test tool
+    mg-dump (works beside a running daemon): a list of dicts with id,
+    size, source, sender, rcpts (list) and body (bytes, as stored)."""
+    import tempfile
+
+    own = outdir is None
+    outdir = outdir or tempfile.mkdtemp(prefix="mg-dump-")
+    try:
+        r = subprocess.run(
+            [build_tool("mg-dump"), d.data_dir, mailbox["id"], "--password",
+             mailbox["password"], "--write", outdir],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, timeout=60, env=daemon_env())
+        assert not sanitizer_lines(r.stderr.decode(errors="replace")), r.stderr
+        assert r.returncode == 0, "mg-dump: exit %d\n%s" % (
+            r.returncode, r.stderr.decode(errors="replace"))
+        out = []
+        for line in r.stdout.decode().splitlines():
+            m = MG_DUMP_LINE.match(line)
+            assert m, "unexpected mg-dump line %r" % line
+            rcpts = [x.strip("<>") for x in m.group(7).split(",") if x]
+            with open(os.path.join(outdir, m.group(1) + ".eml"), "rb") as f:
+                body = f.read()
+            assert len(body) == int(m.group(4))
+            out.append({"id": int(m.group(1)), "uidl": m.group(2),
+                        "size": int(m.group(4)), "source": m.group(5),
+                        "sender": m.group(6), "rcpts": rcpts, "body": body})
+        return out
+    finally:
+        if own:
+            shutil.rmtree(outdir, ignore_errors=True)
+
+
+def header_fields(data):
+    """Yield (name, raw field with its CRLF) from the start of data up to
+    the first line that does not begin a field."""
+    pos = 0
+    while True:
+        j = data.find(b"\r\n", pos)
+        if j < 0:
+            return
+        end = j + 2
+        while data[end:end + 1] in (b" ", b"\t"):
+            end = data.index(b"\r\n", end) + 2
+        line = data[pos:end]
+        name, colon, _ = line.partition(b":")
+        if not colon or not name or b" " in name:
+            return
+        yield name.decode(), line
+        pos = end
+
+
+def split_trace(body):
+    """The trace fields the gateway prepends, and the message as sent:
+    ({"Return-Path": str, "Received": str (unfolded),
+      "X-Mailgate-...": str, ...}, rest). Exactly one Return-Path (first)
+    and one Received; X-Mailgate-* fields may sit before or after it."""
+    trace = {}
+    pos = 0
+    for name, raw in header_fields(body):
+        if pos == 0:
+            assert name == "Return-Path", body[:300]
+        elif name == "Received" and "Received" not in trace:
+            pass
+        elif not name.lower().startswith("x-mailgate-"):
+            break
+        text = raw[len(name) + 1:].decode("utf-8", "replace")
+        trace[name] = re.sub(r"\r\n[ \t]+", " ", text).strip()
+        pos += len(raw)
+    assert "Received" in trace, body[:300]
+    return trace, body[pos:]
