@@ -437,6 +437,11 @@ main(int argc, char **argv)
     mg_reload_request = main_request_reload;
     ev_run(mg_loop, 0);
 
+    /* stopping: a second TERM or INT must not kill the final cleanup once
+     * the watchers are gone (the default action would) */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     mg_conns_close_all();
     mg_store_api_close(); /* queued writes finish; completions posted */
     mg_workers_stop();

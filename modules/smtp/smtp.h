@@ -19,10 +19,10 @@
 
 #include <mailgate/module.h>
 
-#define SMTP_LINE_MAX 1002  /* command line with CRLF (RFC 5321 4.5.3.1.4) */
-#define SMTP_PATH_MAX 512   /* forward/reverse path without <> */
-#define SMTP_LOCAL_MAX 64   /* local part (RFC 5321 4.5.3.1.1) */
-#define SMTP_DOMAIN_MAX 255 /* domain (RFC 5321 4.5.3.1.2) */
+#define SMTP_LINE_MAX   1002 /* command line with CRLF (RFC 5321 4.5.3.1.4) */
+#define SMTP_PATH_MAX   512  /* forward/reverse path without <> */
+#define SMTP_LOCAL_MAX  64   /* local part (RFC 5321 4.5.3.1.1) */
+#define SMTP_DOMAIN_MAX 255  /* domain (RFC 5321 4.5.3.1.2) */
 
 /* ============================================================ smtp_parse.c */
 
@@ -115,8 +115,8 @@ int smtp_parse_rcpt(const char *arg, size_t len, struct smtp_rcpt_args *out,
                     struct smtp_error *err);
 
 /** BDAT <size> [LAST]: size ≤ 2^63, digits only. */
-int smtp_parse_bdat(const char *arg, size_t len, uint64_t *size_r,
-                    bool *last_r, struct smtp_error *err);
+int smtp_parse_bdat(const char *arg, size_t len, uint64_t *size_r, bool *last_r,
+                    struct smtp_error *err);
 
 /**
  * Split a path into local part and domain (at the last '@'). The domain
