@@ -452,6 +452,9 @@ main(int argc, char **argv)
     ev_signal_stop(mg_loop, &main_sighup);
     ev_signal_stop(mg_loop, &main_sigterm);
     ev_signal_stop(mg_loop, &main_sigint);
+    signal(SIGTERM, SIG_IGN); /* libev restores the default on stop */
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
     mg_log(MG_LOG_INFO, "mailgated stopped");
     free(main_data_dir);
     free(main_user);
