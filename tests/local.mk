@@ -93,6 +93,7 @@ tests_unit_test_daemon_CFLAGS = $(MG_UNIT_CFLAGS)
 tests_unit_test_daemon_LDADD = $(MG_UNIT_LDADD)
 endif
 
-EXTRA_DIST += tests/run-all.sh tests/cppcheck.cfg tests/unit/data \
+EXTRA_DIST += tests/run-all.sh tests/cppcheck.cfg tests/quickstart_smoke.py \
+	tests/unit/data \
 	tests/modules/Makefile.ext tests/modules/testline.c \
 	tests/integration

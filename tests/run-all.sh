@@ -75,6 +75,18 @@ if [ "$int_rc" -ne 0 ] && [ "$int_fail" -eq 0 ]; then
     echo "pytest failed (exit $int_rc) without a test result"
 fi
 
+# ------------------------------------------------------- quickstart run
+# What a new user does first: `./quickstart run` builds, makes an instance
+# and answers on its ports (one test; it does a second, plain build).
+echo "== quickstart run (smoke)"
+qs_pass=0
+qs_fail=0
+if "$PYTHON" "$SRCDIR/tests/quickstart_smoke.py"; then
+    qs_pass=1
+else
+    qs_fail=1
+fi
+
 # ---------------------------------------------------------------- lint
 # The code is clang-format clean and cppcheck finds nothing (STYLE.md):
 # each counts as one test, so CI fails when either breaks.
@@ -99,12 +111,13 @@ else
 fi
 
 # ------------------------------------------------------------------- summary
-passed=$(( unit_pass + int_pass + lint_pass ))
-failed=$(( unit_fail + int_fail + lint_fail ))
+passed=$(( unit_pass + int_pass + lint_pass + qs_pass ))
+failed=$(( unit_fail + int_fail + lint_fail + qs_fail ))
 echo "== summary"
 echo "unit:        $unit_pass passed, $unit_fail failed"
 echo "integration: $int_pass passed, $int_fail failed"
 echo "lint:        $lint_pass passed, $lint_fail failed"
+echo "quickstart:  $qs_pass passed, $qs_fail failed"
 echo "$passed passed, $failed failed"
 if [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]; then
     exit 0

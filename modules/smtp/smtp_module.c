@@ -157,13 +157,6 @@ smtp_configure(struct mg_modctx *m, const struct mg_core_api *api,
         }
     }
     if (st->local_delivery) {
-        if (api->store == NULL) {
-            snprintf(err, sizeof(err),
-                     "smtp: local_delivery needs the store, and this process "
-                     "has none (set local_delivery = false for a proxy-only "
-                     "deployment)");
-            goto fail;
-        }
         if (st->email_domain == NULL) {
             snprintf(err, sizeof(err),
                      "smtp: set email_domain at the top level of the "
@@ -190,7 +183,13 @@ smtp_start(void *state, const char **error_r)
 {
     struct smtp_state *st = state;
 
-    (void)error_r;
+    /* checked here, not in configure(): --check-config opens no store */
+    if (st->local_delivery && st->api->store == NULL) {
+        *error_r = "local_delivery needs the store, and this process has "
+                   "none (set local_delivery = false for a proxy-only "
+                   "deployment)";
+        return MG_ERROR;
+    }
     st->api->log(st->m, MG_LOG_DEBUG,
                  "started (max_message_size %llu, local_delivery %s)",
                  (unsigned long long)st->max_message_size,
