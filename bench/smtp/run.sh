@@ -22,6 +22,13 @@ PORT=2600
 cp -r "$PEERS" "$WORK/peers"
 cd "$WORK/peers"
 make -s
+# the test suite installs postfix without a system configuration; the peer
+# harness configures the system instance and needs a main.cf to start from
+if [ ! -f /etc/postfix/main.cf ]; then
+    grep -v '^[a-z_]* =$' /etc/postfix/main.cf.proto >/etc/postfix/main.cf
+fi
+postconf -e setgid_group=postdrop mail_owner=postfix compatibility_level=3.6 \
+    mailbox_size_limit=0 alias_maps=hash:/etc/aliases alias_database=hash:/etc/aliases
 scripts/setup.sh >/dev/null
 scripts/servers.sh start postfix >/dev/null
 
