@@ -15,8 +15,11 @@
  *                           anything else -> MG_PERMFAIL "535 5.7.8 ..."
  *   mail_tempfail_sender    smtp.mail from this address -> MG_TEMPFAIL with
  *                           a two-line "451 4.7.1" reply
- *   rcpt_suspend_ms         smtp.rcpt suspends for that long, then resumes
- *                           MG_PASS from a timer (runs before the next one)
+ *   suspend_hooks, suspend_ms
+ *                           a handler on each of these hooks that runs
+ *                           first, suspends for suspend_ms and resumes
+ *                           MG_PASS from a timer: the run goes on with the
+ *                           handlers below
  *   rcpt_accept_domain      smtp.rcpt to this domain -> MG_ACCEPT with
  *                           "250 2.1.5 hooktest: recipient is mine"
  *   data_end_accept = true  smtp.data.end: MG_ACCEPT "250 2.0.0 hooktest:
@@ -41,7 +44,7 @@ struct ht_takeover {
     unsigned lines;
 };
 
-/** A suspended smtp.rcpt run waiting for its timer. */
+/** A suspended run waiting for its timer. */
 struct ht_suspend {
     struct ht_suspend *next;
     struct ht_state *st;
@@ -49,6 +52,7 @@ struct ht_suspend {
     uint64_t conn_id;
     uint64_t timer;
     uint64_t since_ms;
+    const char *hook;
 };
 
 /** The data of one message seen through smtp.data.tee. */
@@ -303,15 +307,18 @@ ht_suspend_fired(void *arg)
     if (*pp != NULL) {
         *pp = p->next;
     }
-    r = ht_api->hook_resume(p->call_id, MG_PASS, NULL);
+    /* logged first: the resumed run may suspend the next call at once */
     ht_api->log(st->m, MG_LOG_INFO,
-                "rcpt resumed conn %" PRIu64 " after %" PRIu64 " ms: %s",
-                p->conn_id, waited, r == MG_OK ? "ok" : "declined");
+                "resuming %s conn %" PRIu64 " after %" PRIu64 " ms", p->hook,
+                p->conn_id, waited);
+    r = ht_api->hook_resume(p->call_id, MG_PASS, NULL);
+    ht_api->log(st->m, MG_LOG_INFO, "resumed %s conn %" PRIu64 ": %s", p->hook,
+                p->conn_id, r == MG_OK ? "ok" : "declined");
     free(p);
 }
 
 static enum mg_verdict
-ht_rcpt_suspend(struct mg_hook_call *call, void *arg)
+ht_suspend(struct mg_hook_call *call, void *arg)
 {
     struct ht_state *st = arg;
     struct ht_suspend *p = ht_alloc(sizeof(*p));
@@ -320,11 +327,12 @@ ht_rcpt_suspend(struct mg_hook_call *call, void *arg)
     p->call_id = call->id;
     p->conn_id = call->conn_id;
     p->since_ms = ht_api->now_ms();
+    p->hook = call->hook;
     p->timer = ht_api->timer_add(st->m, st->suspend_ms, ht_suspend_fired, p);
     p->next = st->suspended;
     st->suspended = p;
     ht_api->log(st->m, MG_LOG_INFO,
-                "rcpt suspended conn %" PRIu64 " for %" PRIu64 " ms",
+                "suspended %s conn %" PRIu64 " for %" PRIu64 " ms", call->hook,
                 call->conn_id, st->suspend_ms);
     return MG_SUSPEND;
 }
@@ -444,7 +452,8 @@ ht_stored(struct mg_hook_call *call, void *arg)
 static const struct mg_setting ht_settings[] = {
     {.name = "auth", .type = MG_SET_BOOL},
     {.name = "mail_tempfail_sender", .type = MG_SET_STRING},
-    {.name = "rcpt_suspend_ms", .type = MG_SET_INT, .min = 0, .max = 60000},
+    {.name = "suspend_hooks", .type = MG_SET_STRINGS},
+    {.name = "suspend_ms", .type = MG_SET_INT, .min = 0, .max = 60000},
     {.name = "rcpt_accept_domain", .type = MG_SET_STRING},
     {.name = "data_end_accept", .type = MG_SET_BOOL},
     {.name = "tee", .type = MG_SET_BOOL},
@@ -511,7 +520,7 @@ ht_configure(struct mg_modctx *m, const struct mg_core_api *api,
         ht_strdup(api->setting_string(sect, "mail_tempfail_sender", ""));
     st->accept_domain =
         ht_strdup(api->setting_string(sect, "rcpt_accept_domain", ""));
-    st->suspend_ms = (uint64_t)api->setting_int(sect, "rcpt_suspend_ms", 0);
+    st->suspend_ms = (uint64_t)api->setting_int(sect, "suspend_ms", 300);
 
     if (st->auth) {
         ok = ok && ht_add(st, "smtp.auth", 100, ht_auth, error_r);
@@ -519,10 +528,15 @@ ht_configure(struct mg_modctx *m, const struct mg_core_api *api,
     if (st->tempfail_sender[0] != '\0') {
         ok = ok && ht_add(st, "smtp.mail", 100, ht_mail, error_r);
     }
-    /* the suspending handler runs first: after its resume (MG_PASS) the
-     * run goes on with the next one */
-    if (st->suspend_ms > 0) {
-        ok = ok && ht_add(st, "smtp.rcpt", 10, ht_rcpt_suspend, error_r);
+    /* the suspending handlers run first: after the resume (MG_PASS) the
+     * run goes on with the next handler */
+    for (unsigned i = 0; ok; i++) {
+        const char *hook = api->setting_strings(sect, "suspend_hooks", i);
+
+        if (hook == NULL) {
+            break;
+        }
+        ok = ht_add(st, hook, 10, ht_suspend, error_r);
     }
     if (st->accept_domain[0] != '\0') {
         ok = ok && ht_add(st, "smtp.rcpt", 20, ht_rcpt_accept, error_r);
