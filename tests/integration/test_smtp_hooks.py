@@ -224,7 +224,7 @@ def test_takeover_gets_sigterm(make_hooks, certs):
 
 
 def test_auth_keep_engine(make_hooks, certs):
-    d = make_hooks(auth=True)
+    d = make_hooks(auth=True, tee=True)
     mb = mailbox_create(d)
     c, _ = tls_session(d, certs)
     c.expect("AUTH PLAIN " + plain("keep", "secret"), 235, "2.7.0")
@@ -241,6 +241,9 @@ def test_auth_keep_engine(make_hooks, certs):
     trace, rest = split_trace(stored[0]["body"])
     assert rest == msg
     assert "with ESMTPSA" in trace["Received"], trace
+    # the hooks see who authenticated
+    assert re.search(r"hooktest: data.end conn \d+ status=ok .* txn=1 "
+                     r"auth_user=keep sender=%s" % SENDER, d.log())
 
 
 def test_auth_refused(make_hooks, certs):
@@ -262,6 +265,27 @@ def test_auth_refused(make_hooks, certs):
     trace, _ = split_trace(mg_dump(d, mb)[0]["body"])
     assert "with ESMTPS " in trace["Received"] + " ", trace
     assert "wrong" not in d.log() and "nope" not in d.log()
+
+
+def test_auth_other_verdicts(make_hooks, certs):
+    """A takeover without a conn handler (a handler bug), MG_TEMPFAIL
+    without a reply, and a reply that does not fit the verdict."""
+    d = make_hooks(auth=True)
+    c, _ = tls_session(d, certs)
+    start = log_from(d)
+    assert c.cmd("AUTH PLAIN " + plain("nohandler", "x")) == \
+        "454 4.7.0 Temporary authentication failure"
+    d.wait_log(r"error: .*smtp.auth: a handler took the session over "
+               r"without a conn handler", start=start)
+    assert c.cmd("AUTH PLAIN " + plain("later", "x")) == \
+        "454 4.7.0 Temporary authentication failure"
+    # MG_ACCEPT with a 535 reply: the engine's default 235, a warning
+    assert c.cmd("AUTH PLAIN " + plain("misfit", "x")) == \
+        "235 2.7.0 Authentication successful"
+    d.wait_log(r"warning: .*hook smtp.auth: the handler's reply 535 does "
+               r"not fit its verdict", start=start)
+    c.expect("AUTH PLAIN " + plain("keep", "secret"), 503)
+    c.expect("QUIT", 221)
 
 
 # ------------------------------------------------------------ MAIL
@@ -556,3 +580,87 @@ def test_informational_hook_cannot_suspend(make_hooks, certs):
     # the run was ended: the handler after the suspending one never ran
     assert not stored_lines(d, start)
     assert len(mg_dump(d, mb)) == 1
+
+
+@pytest.mark.parametrize("mode", ["data", "bdat"])
+def test_client_gone_in_data_phase(make_hooks, certs, mode):
+    """The client disconnects in the middle of the message: smtp.data.end
+    runs with status error (the handler lets go of its unfinished tee),
+    nothing is stored."""
+    d = make_hooks(tee=True, stored=True)
+    mb = mailbox_create(d)
+    c, _ = tls_session(d, certs)
+    start = log_from(d)
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    if mode == "data":
+        c.expect("DATA", 354)
+        c.send(b"Subject: half\r\n\r\nsome of the body\r\n")
+    else:
+        c.send(b"BDAT 1000 LAST\r\nSubject: half\r\n\r\nsome")
+    time.sleep(0.2)
+    c.close()
+    m = d.wait_log(r"hooktest: data.end conn \d+ status=error size=(\d+) "
+                   r"local=none remote=0 tee=unfinished", start=start)
+    assert int(m.group(1)) > 0
+    assert not tee_lines(d, start) and not stored_lines(d, start)
+    assert mg_dump(d, mb) == []
+
+
+# ------------------------------------------------------------ refusals
+
+REFUSAL = ["554-5.7.1 hooktest: refused", "554 5.7.1 hooktest: by refuse_hooks"]
+
+
+def read_refusal(c):
+    return [c.readline(), c.readline()]
+
+
+def test_refused_connect_and_ehlo(make_hooks, certs):
+    d = make_hooks(refuse_hooks=["smtp.connect"])
+    c = Smtp(d.smtp_port)
+    assert read_refusal(c) == REFUSAL
+    c.expect("EHLO client.test", 503)
+    c.expect("QUIT", 221)
+    d = make_hooks(refuse_hooks=["smtp.ehlo"])
+    c = connect(d.smtp_port)
+    c.send("EHLO client.test\r\n")
+    assert read_refusal(c) == REFUSAL
+    # the session state is unchanged: still no EHLO
+    c.expect("MAIL FROM:<%s>" % SENDER, 503, "5.5.1 Send HELO/EHLO first")
+    c.expect("QUIT", 221)
+
+
+@pytest.mark.parametrize("hook", ["smtp.data", "smtp.data.tee", "smtp.bdat"])
+def test_refused_data_phase(make_hooks, certs, hook):
+    """A refusal in the data phase reaches the client with every line of
+    the handler's reply (hooks.md, Replies: the proxy passes an upstream's
+    multi-line refusal on unchanged), and nothing is stored. For
+    smtp.data.tee and smtp.bdat the engine keeps the reply until the data
+    is read; it used to keep only the last line."""
+    d = make_hooks(refuse_hooks=[hook], tee=True)
+    mb = mailbox_create(d)
+    c, _ = tls_session(d, certs)
+    start = log_from(d)
+    msg = sample_message("refused")
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    if hook == "smtp.bdat":
+        c.send(b"BDAT %d LAST\r\n" % len(msg) + msg)
+    elif hook == "smtp.data":
+        c.send("DATA\r\n")
+    else:
+        c.expect("DATA", 354)
+        c.send(dot_stuff(msg) + b".\r\n")
+    assert read_refusal(c) == REFUSAL
+    if hook == "smtp.data":
+        # no data phase; the transaction stays (the client may RSET)
+        c.expect("RCPT TO:<%s>" % addr(mb), 250)
+        c.expect("RSET", 250)
+    else:
+        # the data phase failed: the transaction is over
+        c.expect("RCPT TO:<%s>" % addr(mb), 503)
+    c.expect("QUIT", 221)
+    assert mg_dump(d, mb) == []
+    if hook != "smtp.data":
+        d.wait_log(r"hooktest: data.end conn \d+ status=error", start=start)

@@ -12,6 +12,10 @@
  *                           over", then every line is answered "250 echo
  *                           <line>" (QUIT: "221 2.0.0 hooktest bye");
  *                           "keep" + "secret" -> MG_ACCEPT, keep_engine;
+ *                           "nohandler" -> MG_ACCEPT without a handler (a
+ *                           handler bug); "later" -> MG_TEMPFAIL, no reply;
+ *                           "misfit" -> MG_ACCEPT, keep_engine, with a 535
+ *                           reply that does not fit the verdict;
  *                           anything else -> MG_PERMFAIL "535 5.7.8 ..."
  *   mail_tempfail_sender    smtp.mail from this address -> MG_TEMPFAIL with
  *                           a two-line "451 4.7.1" reply
@@ -24,6 +28,8 @@
  *                           "250 2.1.5 hooktest: recipient is mine"
  *   data_end_accept = true  smtp.data.end: MG_ACCEPT "250 2.0.0 hooktest:
  *                           accepted" when a recipient is a handler's
+ *   refuse_hooks            a handler on each of these hooks that answers
+ *                           MG_PERMFAIL with a two-line "554 5.7.1" reply
  *   tee = true              smtp.data.tee: count bytes, FNV-1a 64 over them,
  *                           check offsets; log the total at `last`
  *   stored = true           message.stored: log mailbox, msg id, size
@@ -89,6 +95,10 @@ static const char *const ht_takeover_lines[] = {"taken over"};
 static const char *const ht_badauth_lines[] = {"hooktest: bad credentials"};
 static const char *const ht_rcpt_lines[] = {"hooktest: recipient is mine"};
 static const char *const ht_end_lines[] = {"hooktest: accepted"};
+static const char *const ht_refuse_lines[] = {
+    "hooktest: refused",
+    "hooktest: by refuse_hooks",
+};
 
 static void *
 ht_alloc(size_t n)
@@ -275,6 +285,17 @@ ht_auth(struct mg_hook_call *call, void *arg)
         a->keep_engine = true;
         return MG_ACCEPT;
     }
+    if (strcmp(a->user, "nohandler") == 0) {
+        return MG_ACCEPT;
+    }
+    if (strcmp(a->user, "later") == 0) {
+        return MG_TEMPFAIL;
+    }
+    if (strcmp(a->user, "misfit") == 0) {
+        a->keep_engine = true;
+        ht_set_reply(call, 535, "5.7.8", 1, ht_badauth_lines);
+        return MG_ACCEPT;
+    }
     ht_set_reply(call, 535, "5.7.8", 1, ht_badauth_lines);
     return MG_PERMFAIL;
 }
@@ -353,6 +374,17 @@ ht_rcpt_accept(struct mg_hook_call *call, void *arg)
     return MG_ACCEPT;
 }
 
+static enum mg_verdict
+ht_refuse(struct mg_hook_call *call, void *arg)
+{
+    struct ht_state *st = arg;
+
+    ht_api->log(st->m, MG_LOG_INFO, "refused %s conn %" PRIu64, call->hook,
+                call->conn_id);
+    ht_set_reply(call, 554, "5.7.1", 2, ht_refuse_lines);
+    return MG_PERMFAIL;
+}
+
 static struct ht_tee *
 ht_tee_find(struct ht_state *st, uint64_t conn_id, bool unlink)
 {
@@ -413,20 +445,26 @@ ht_data_end(struct mg_hook_call *call, void *arg)
     const struct mg_hook_smtp_data_end *h = call->data;
     struct ht_tee *t = ht_tee_find(st, call->conn_id, true);
     size_t remote = 0;
+    char sender[600] = "-";
 
     for (size_t i = 0; i < h->s->nrcpts; i++) {
         if (h->s->rcpt_mailboxes[i] == NULL) {
             remote++;
         }
     }
+    if (h->s->sender != NULL) {
+        ht_clean(sender, sizeof(sender), h->s->sender, strlen(h->s->sender));
+    }
     ht_api->log(st->m, MG_LOG_INFO,
                 "data.end conn %" PRIu64 " status=%s size=%" PRIu64
-                " local=%s remote=%zu tee=%s",
+                " local=%s remote=%zu tee=%s txn=%" PRIu64
+                " auth_user=%s sender=%s",
                 call->conn_id, h->status == MG_OK ? "ok" : "error", h->size,
                 h->local == NULL            ? "none"
                 : h->local->status == MG_OK ? "stored"
                                             : "failed",
-                remote, t != NULL ? "unfinished" : "-");
+                remote, t != NULL ? "unfinished" : "-", h->s->transaction,
+                h->s->auth_user != NULL ? h->s->auth_user : "-", sender);
     free(t);
     if (h->status == MG_OK && st->data_end_accept && remote > 0) {
         ht_set_reply(call, 250, "2.0.0", 1, ht_end_lines);
@@ -453,6 +491,7 @@ static const struct mg_setting ht_settings[] = {
     {.name = "auth", .type = MG_SET_BOOL},
     {.name = "mail_tempfail_sender", .type = MG_SET_STRING},
     {.name = "suspend_hooks", .type = MG_SET_STRINGS},
+    {.name = "refuse_hooks", .type = MG_SET_STRINGS},
     {.name = "suspend_ms", .type = MG_SET_INT, .min = 0, .max = 60000},
     {.name = "rcpt_accept_domain", .type = MG_SET_STRING},
     {.name = "data_end_accept", .type = MG_SET_BOOL},
@@ -537,6 +576,14 @@ ht_configure(struct mg_modctx *m, const struct mg_core_api *api,
             break;
         }
         ok = ht_add(st, hook, 10, ht_suspend, error_r);
+    }
+    for (unsigned i = 0; ok; i++) {
+        const char *hook = api->setting_strings(sect, "refuse_hooks", i);
+
+        if (hook == NULL) {
+            break;
+        }
+        ok = ht_add(st, hook, 50, ht_refuse, error_r);
     }
     if (st->accept_domain[0] != '\0') {
         ok = ok && ht_add(st, "smtp.rcpt", 20, ht_rcpt_accept, error_r);
