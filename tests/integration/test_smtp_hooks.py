@@ -397,7 +397,7 @@ def test_rcpt_suspended_then_resumed(make_hooks, certs):
     assert c.reply_line() == "250 2.0.0 Ok"
     code, _ = c.reply()
     assert code == 354
-    assert t_mail < 0.25, t_mail
+    assert t_mail < 0.28, t_mail  # not held up by the suspend
     assert t_rcpt1 >= 0.29, t_rcpt1
     assert t_rcpt2 >= 0.58, t_rcpt2
     c.send(dot_stuff(msg) + b".\r\n")
@@ -563,7 +563,7 @@ def test_informational_hook_cannot_suspend(make_hooks, certs):
     """message.stored is informational: a handler that suspends has its
     run ended at once (logged), the delivery is not held up."""
     d = make_hooks(stored=True, suspend_hooks=["message.stored"],
-                   suspend_ms=200)
+                   suspend_ms=1000)
     mb = mailbox_create(d)
     c, _ = tls_session(d, certs)
     start = log_from(d)
@@ -571,7 +571,7 @@ def test_informational_hook_cannot_suspend(make_hooks, certs):
     c.expect("RCPT TO:<%s>" % addr(mb), 250)
     t0 = time.monotonic()
     c.data(sample_message("informational"))
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 0.9
     c.expect("QUIT", 221)
     d.wait_log(r"hook message.stored: a handler suspended an informational "
                r"run; ended", start=start)
