@@ -93,7 +93,11 @@ enum smtp_pstage {
     SMTP_PIECE_WRITE,
 };
 
-/** A reply kept for later (a failure inside the data, a hook's answer). */
+/* Lines of a hook's reply kept for later (smtp_save_hook). */
+#define SMTP_SAVED_LINES 8
+
+/** A reply kept for later (a failure inside the data, a hook's answer).
+ * The lines of a multi-line reply are separated by '\n' in `text`. */
 struct smtp_saved {
     int code;
     char ecode[16];
@@ -567,8 +571,23 @@ smtp_reply(struct smtp_session *s, int code, const char *ecode, const char *fmt,
 static void
 smtp_reply_saved(struct smtp_session *s, const struct smtp_saved *r)
 {
-    smtp_reply(s, r->code, r->ecode[0] != '\0' ? r->ecode : NULL, "%s",
-               r->text);
+    char text[SMTP_TEXT_MAX];
+    const char *lines[SMTP_SAVED_LINES];
+    struct mg_reply rep = {.code = r->code,
+                           .ecode = r->ecode[0] != '\0' ? r->ecode : NULL,
+                           .lines = lines};
+    char *p = text, *nl;
+
+    if (s->closed)
+        return;
+    snprintf(text, sizeof(text), "%s", r->text);
+    lines[rep.nlines++] = p;
+    while ((nl = strchr(p, '\n')) != NULL && rep.nlines < SMTP_SAVED_LINES) {
+        *nl = '\0';
+        p = nl + 1;
+        lines[rep.nlines++] = p;
+    }
+    smtp_api->conn->write_reply(s->c, &rep);
 }
 
 static void
@@ -649,10 +668,31 @@ smtp_save_hook(struct smtp_session *s, enum mg_verdict v,
         smtp_save(out, 550, "5.7.1", "Message refused");
     if (smtp_reply_fits(r, v, 0)) {
         char text[SMTP_TEXT_MAX];
+        size_t first = r->nlines, len = 0, pos = 0;
 
-        smtp_clean(text, sizeof(text), r->lines[r->nlines - 1],
-                   strlen(r->lines[r->nlines - 1]));
+        /* every line, as for the other hooks; when they do not all fit,
+         * the last ones (the last line is always kept) */
+        while (first > 0 && r->nlines - first < SMTP_SAVED_LINES) {
+            size_t n = strlen(r->lines[first - 1]) + 1;
+
+            if (len + n > sizeof(text) && first != r->nlines)
+                break;
+            len += n;
+            first--;
+        }
+        for (size_t i = first; i < r->nlines && pos + 1 < sizeof(text); i++) {
+            if (i > first)
+                text[pos++] = '\n';
+            smtp_clean(text + pos, sizeof(text) - pos, r->lines[i],
+                       strlen(r->lines[i]));
+            pos += strlen(text + pos);
+        }
         smtp_save(out, r->code, r->ecode, text);
+    } else if (r->code != 0) {
+        smtp_log(s, MG_LOG_WARNING,
+                 "hook %s: the handler's reply %d does not fit its verdict; "
+                 "using the default",
+                 s->call.hook, r->code);
     }
 }
 

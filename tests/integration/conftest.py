@@ -108,11 +108,12 @@ def _watchdog(request):
 # ------------------------------------------------------------ build, certs
 
 
-@pytest.fixture(scope="session")
-def testline_so(tmp_path_factory):
-    """Build tests/modules/testline.c against the installed headers."""
+def build_test_module(tmp_path_factory, name):
+    """Build tests/modules/<name>.c against the installed headers (the
+    way a third party builds a module); the path of <name>.so."""
     prefix = env_required("MG_PREFIX")
-    out = str(tmp_path_factory.mktemp("testline"))
+    out = str(tmp_path_factory.mktemp(name))
+    so = os.path.join(out, name + ".so")
     cmd = [
         "make",
         "-s",
@@ -123,6 +124,7 @@ def testline_so(tmp_path_factory):
     ]
     if sanitized():
         cmd.append("EXTRA_CFLAGS=-fsanitize=address,undefined -fno-omit-frame-pointer")
+    cmd.append(so)
     r = subprocess.run(
         cmd,
         cwd=MODULES_SRC,
@@ -131,13 +133,24 @@ def testline_so(tmp_path_factory):
         text=True,
         timeout=120,
     )
-    so = os.path.join(out, "testline.so")
     if r.returncode != 0 or not os.path.exists(so):
         pytest.fail(
-            "building testline.so failed (%s):\n%s" % (" ".join(cmd), r.stdout),
+            "building %s.so failed (%s):\n%s" % (name, " ".join(cmd), r.stdout),
             pytrace=False,
         )
     return so
+
+
+@pytest.fixture(scope="session")
+def testline_so(tmp_path_factory):
+    """Build tests/modules/testline.c against the installed headers."""
+    return build_test_module(tmp_path_factory, "testline")
+
+
+@pytest.fixture(scope="session")
+def hooktest_so(tmp_path_factory):
+    """Build tests/modules/hooktest.c (smtp hook handlers) likewise."""
+    return build_test_module(tmp_path_factory, "hooktest")
 
 
 @pytest.fixture(scope="session")
@@ -754,14 +767,16 @@ def make_smtp(make_daemon):
     d.smtp_port and d.smtps_port. The testline module of the base config
     gets a free port of its own (never its default)."""
 
-    def make(listen=None, smtp=None, top=None, start=True, **kw):
+    def make(listen=None, smtp=None, top=None, start=True, modules=(), **kw):
+        """`modules`: further module groups after the smtp module."""
         if listen is None:
             listen = [listener(free_port(), "starttls"),
                       listener(free_port(), "implicit")]
         t = {"email_domain": SMTP_DOMAIN}
         t.update(top or {})
         d = make_daemon(start=False, listen=[listener(free_port())], top=t,
-                        extra_modules=[smtp_module_text(listen, smtp)], **kw)
+                        extra_modules=[smtp_module_text(listen, smtp),
+                                       *modules], **kw)
         d.smtp_listen = listen
         d.ports = d.ports + [e["port"] for e in listen]
         by_mode = {}
