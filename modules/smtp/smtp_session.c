@@ -1191,6 +1191,17 @@ smtp_delivered(struct smtp_session *s, char *first, size_t firstsz)
     return first;
 }
 
+/* Recipients a hook handler accepted (no local mailbox behind them). */
+static bool
+smtp_has_handler_rcpts(const struct smtp_session *s)
+{
+    for (size_t i = 0; i < s->nrcpts; i++) {
+        if (s->rcpt_mbox[i] == NULL)
+            return true;
+    }
+    return false;
+}
+
 static void
 smtp_end_cont(struct smtp_session *s, enum mg_verdict v)
 {
@@ -1211,7 +1222,15 @@ smtp_end_cont(struct smtp_session *s, enum mg_verdict v)
         smtp_reply_hook(s, v, 0, 550, "5.7.1", "Message refused");
         break;
     default:
-        if (stored) {
+        if (smtp_has_handler_rcpts(s)) {
+            /* a handler took recipients and nobody answered for them: a
+             * 250 would lose their copy; the local copies (if any) are
+             * stored and a retry duplicates them: duplicates, never loss */
+            smtp_log(s, MG_LOG_WARNING,
+                     "no handler answered for recipients it accepted; "
+                     "asking the client to retry");
+            smtp_reply(s, 451, "4.3.0", "Temporary failure, try again later");
+        } else if (stored) {
             smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", first);
         } else if (s->have_local) {
             const char *e = s->local.error != NULL ? s->local.error : "";
