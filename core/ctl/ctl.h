@@ -60,6 +60,10 @@ void ctl_time_iso(uint64_t t, char out[21]);
 void ctl_time_stamp(uint64_t t, char out[17]);
 /** "yes"/"no" → bool; MG_ERROR otherwise. */
 int ctl_parse_yesno(const char *s, bool *v);
+/** Options [--json] and exactly one argument (`what` names it in the
+ * error); argv[0] is the (sub)command. */
+int ctl_args_one(struct ctl *ctl, int argc, char **argv, const char *what,
+                 const char **arg_r);
 /** The store directory: <data_dir>/store (allocated). */
 char *ctl_store_dir(struct ctl *ctl);
 

@@ -40,30 +40,6 @@ struct backup_counts {
 };
 
 static int
-backup_args(struct ctl *ctl, const char *cmd, int argc, char **argv,
-            const char **dir_r)
-{
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {NULL, 0, NULL, 0},
-    };
-    int c;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c != 'j')
-            return MG_ERROR;
-        ctl->json = true;
-    }
-    if (argc - optind != 1) {
-        ctl_err("%s takes one directory", cmd);
-        return MG_ERROR;
-    }
-    *dir_r = argv[optind];
-    return MG_OK;
-}
-
-static int
 backup_count(struct mg_store *st, struct backup_counts *bc)
 {
     struct mg_mailbox *v = NULL;
@@ -169,7 +145,7 @@ ctl_backup(struct ctl *ctl, int argc, char **argv)
     bool exists, cert = false, key = false;
     int rc;
 
-    if (backup_args(ctl, "backup", argc, argv, &dir) != MG_OK)
+    if (ctl_args_one(ctl, argc, argv, "one directory", &dir) != MG_OK)
         return CTL_EXIT_USAGE;
     if (ctl_load(ctl) != MG_OK || ctl_priv_resolve(ctl) != MG_OK)
         return CTL_EXIT_FAIL;
@@ -442,7 +418,7 @@ ctl_restore(struct ctl *ctl, int argc, char **argv)
     long pid;
     int rc = CTL_EXIT_FAIL;
 
-    if (backup_args(ctl, "restore", argc, argv, &dir) != MG_OK)
+    if (ctl_args_one(ctl, argc, argv, "one directory", &dir) != MG_OK)
         return CTL_EXIT_USAGE;
     if (ctl_load(ctl) != MG_OK || ctl_priv_resolve(ctl) != MG_OK)
         return CTL_EXIT_FAIL;

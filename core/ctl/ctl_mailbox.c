@@ -622,30 +622,6 @@ mbox_print_password(struct ctl *ctl, const struct mbox_view *v,
 
 /* ------------------------------------------------------------ commands */
 
-/* parse [--json] and one ID; argv[0] is the subcommand */
-static int
-mbox_args_id(struct ctl *ctl, int argc, char **argv, const char **id_r)
-{
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {NULL, 0, NULL, 0},
-    };
-    int c;
-
-    optind = 0;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (c != 'j')
-            return MG_ERROR;
-        ctl->json = true;
-    }
-    if (argc - optind != 1) {
-        ctl_err("mailbox %s takes one mailbox id", argv[0]);
-        return MG_ERROR;
-    }
-    *id_r = argv[optind];
-    return MG_OK;
-}
-
 /* load, drop to the data directory's user, open; MG_DECLINED = no store */
 static int
 mbox_open(struct ctl *ctl, bool create, bool read_only, bool need_domain,
@@ -842,7 +818,7 @@ mbox_cmd_show(struct ctl *ctl, int argc, char **argv)
     const char *id;
     int rc;
 
-    if (mbox_args_id(ctl, argc, argv, &id) != MG_OK)
+    if (ctl_args_one(ctl, argc, argv, "one mailbox id", &id) != MG_OK)
         return CTL_EXIT_USAGE;
     if (mbox_check_id(id) != MG_OK)
         return CTL_EXIT_FAIL;
@@ -1030,7 +1006,7 @@ mbox_cmd_delete(struct ctl *ctl, int argc, char **argv)
     const char *id;
     int rc;
 
-    if (mbox_args_id(ctl, argc, argv, &id) != MG_OK)
+    if (ctl_args_one(ctl, argc, argv, "one mailbox id", &id) != MG_OK)
         return CTL_EXIT_USAGE;
     if (mbox_check_id(id) != MG_OK)
         return CTL_EXIT_FAIL;
@@ -1067,7 +1043,7 @@ mbox_cmd_reset(struct ctl *ctl, int argc, char **argv)
     uint64_t ops, mem;
     int rc;
 
-    if (mbox_args_id(ctl, argc, argv, &id) != MG_OK)
+    if (ctl_args_one(ctl, argc, argv, "one mailbox id", &id) != MG_OK)
         return CTL_EXIT_USAGE;
     if (mbox_check_id(id) != MG_OK)
         return CTL_EXIT_FAIL;

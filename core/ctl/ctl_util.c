@@ -1,6 +1,8 @@
 /* core/ctl/ctl_util.c -- config loading and output helpers of mailgatectl */
 #include "config.h"
 
+#include <getopt.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,4 +107,28 @@ char *
 ctl_store_dir(struct ctl *ctl)
 {
     return mg_xasprintf("%s/store", ctl->cfg->s.data_dir);
+}
+
+int
+ctl_args_one(struct ctl *ctl, int argc, char **argv, const char *what,
+             const char **arg_r)
+{
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+
+    optind = 0;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        if (c != 'j')
+            return MG_ERROR;
+        ctl->json = true;
+    }
+    if (argc - optind != 1) {
+        ctl_err("%s takes %s", argv[0], what);
+        return MG_ERROR;
+    }
+    *arg_r = argv[optind];
+    return MG_OK;
 }
