@@ -1227,8 +1227,8 @@ smtp_end_cont(struct smtp_session *s, enum mg_verdict v)
              * 250 would lose their copy; the local copies (if any) are
              * stored and a retry duplicates them: duplicates, never loss */
             smtp_log(s, MG_LOG_WARNING,
-                     "no handler answered for recipients it accepted; "
-                     "asking the client to retry");
+                     "no handler answered for the message of recipients it "
+                     "accepted; asking the client to retry");
             smtp_reply(s, 451, "4.3.0", "Temporary failure, try again later");
         } else if (stored) {
             smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", first);
