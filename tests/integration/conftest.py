@@ -181,14 +181,24 @@ def certs(tmp_path_factory):
 # ------------------------------------------------------------------ ports
 
 
+_ports_given = set()
+
+
 def free_port():
-    """A port nobody listens on right now (bind 127.0.0.1:0)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+    """A port nobody listens on right now (bind 127.0.0.1:0), and never
+    one this run handed out before: the kernel may give a just-closed port
+    again, and a test that asks for three ports must get three."""
+    for _ in range(1000):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        finally:
+            s.close()
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise AssertionError("no fresh loopback port")
 
 
 def listening_ports():
