@@ -132,6 +132,7 @@ struct smtp_session {
     bool data_timeouts;
     enum mg_tls_mode listener_tls;
     uint64_t greet_timer;
+    uint64_t cmd_timer; /* a command line started and not yet complete */
     uint64_t started_ms;
     unsigned errors;
 
@@ -2212,6 +2213,49 @@ smtp_idle_for_shutdown(const struct smtp_session *s)
 }
 
 /* Handle buffered input until none is left or the session waits. */
+/* A command line must be complete within idle_timeout of its first
+ * byte: the idle timer alone restarts with every byte, so a client that
+ * trickles one byte at a time would hold the session for ever. */
+static void
+smtp_cmd_deadline(void *arg)
+{
+    struct smtp_session *s = arg;
+
+    s->cmd_timer = 0;
+    if (s->closed)
+        return;
+    smtp_enter(s);
+    smtp_log(s, MG_LOG_INFO, "command line not completed in time; closing");
+    smtp_reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->st->hostname);
+    smtp_close(s);
+    smtp_leave(s);
+}
+
+static void
+smtp_cmd_deadline_stop(struct smtp_session *s)
+{
+    if (s->cmd_timer != 0) {
+        smtp_api->timer_cancel(s->cmd_timer);
+        s->cmd_timer = 0;
+    }
+}
+
+/* After the last complete line: arm the deadline when part of the next
+ * one is buffered, drop it when nothing is. */
+static void
+smtp_cmd_deadline_check(struct smtp_session *s)
+{
+    const char *in;
+    size_t len;
+
+    smtp_api->conn->peek(s->c, &in, &len);
+    if (len == 0)
+        smtp_cmd_deadline_stop(s);
+    else if (s->cmd_timer == 0)
+        s->cmd_timer =
+            smtp_api->timer_add(s->st->m, s->st->idle_ms, smtp_cmd_deadline, s);
+}
+
 static void
 smtp_process(struct smtp_session *s)
 {
@@ -2260,8 +2304,11 @@ smtp_process(struct smtp_session *s)
             return;
         }
         r = smtp_api->conn->getline(s->c, &line, &len, &eol);
-        if (r == MG_AGAIN)
+        if (r == MG_AGAIN) {
+            smtp_cmd_deadline_check(s);
             return;
+        }
+        smtp_cmd_deadline_stop(s); /* a line is complete */
         if (r == MG_DECLINED) {
             if (s->state == SMTP_ST_AUTH)
                 smtp_enter_state(s, SMTP_ST_READY);
@@ -2519,6 +2566,7 @@ smtp_session_free(struct smtp_session *s)
         smtp_data_end_error(s);
     if (s->greet_timer != 0)
         smtp_api->timer_cancel(s->greet_timer);
+    smtp_cmd_deadline_stop(s);
     smtp_txn_free(s);
     smtp_rcpt_release(s);
     smtp_auth_wipe(s);

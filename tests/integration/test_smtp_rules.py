@@ -220,6 +220,29 @@ def test_idle_timeout_421(make_smtp, certs):
     assert 0.8 <= time.monotonic() - t0 < 5
 
 
+def test_command_deadline_for_tricklers(make_smtp, certs):
+    """A client that trickles a command one byte at a time restarts the
+    idle timer with every byte; the command must still be complete within
+    idle_timeout of its first byte (slowloris)."""
+    d = make_smtp(smtp={"idle_timeout": 2})
+    c = session(d.smtp_port, certs)
+    t0 = time.monotonic()
+    closed = False
+    for ch in b"NOOP and a very slow rest of the line":
+        try:
+            c.send(bytes([ch]))
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.25)
+        if time.monotonic() - t0 > 6:
+            break
+    data = c.recv_all_until_close()
+    assert closed or data.startswith(b"421"), data
+    assert b"421 4.4.2" in data, data
+    assert time.monotonic() - t0 < 4.5
+
+
 def test_data_timeout_421(make_smtp, certs):
     d = make_smtp(smtp={"data_timeout": 1, "idle_timeout": 30})
     mb = mailbox_create(d)
