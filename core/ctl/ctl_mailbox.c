@@ -836,6 +836,20 @@ mbox_cmd_show(struct ctl *ctl, int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
+/* A list option of edit: replaces the list; `empty` ("none", "any")
+ * clears it. */
+static int
+mbox_edit_list(const char *opt, const char *text, const char *empty,
+               bool networks, char ***v, size_t *n)
+{
+    mbox_strv_free(*v, *n);
+    *v = NULL;
+    *n = 0;
+    if (strcmp(text, empty) == 0)
+        return MG_OK;
+    return mbox_list_parse(opt, text, networks, v, n);
+}
+
 static int
 mbox_edit_bool(const char *opt, const char *arg, int *v)
 {
@@ -908,23 +922,15 @@ mbox_edit_parse(int argc, char **argv, struct ctl *ctl, struct mbox_edit *e,
                 return MG_ERROR;
             break;
         case 't':
-            mbox_strv_free(e->targets, e->ntargets);
-            e->targets = NULL;
-            e->ntargets = 0;
             e->set_targets = true;
-            if (strcmp(optarg, "none") != 0 &&
-                mbox_list_parse("--proxy-targets", optarg, false, &e->targets,
-                                &e->ntargets) != MG_OK)
+            if (mbox_edit_list("--proxy-targets", optarg, "none", false,
+                               &e->targets, &e->ntargets) != MG_OK)
                 return MG_ERROR;
             break;
         case 'N':
-            mbox_strv_free(e->networks, e->nnetworks);
-            e->networks = NULL;
-            e->nnetworks = 0;
             e->set_networks = true;
-            if (strcmp(optarg, "any") != 0 &&
-                mbox_list_parse("--sender-networks", optarg, true, &e->networks,
-                                &e->nnetworks) != MG_OK)
+            if (mbox_edit_list("--sender-networks", optarg, "any", true,
+                               &e->networks, &e->nnetworks) != MG_OK)
                 return MG_ERROR;
             break;
         case 'j':
