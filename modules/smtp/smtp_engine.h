@@ -31,6 +31,7 @@ struct smtp_state {
     char *email_domain; /* lower-cased; NULL when not set */
     uint32_t idle_ms;
     uint32_t data_ms;
+    uint64_t data_total_ms; /* the whole DATA/BDAT phase; 0 = no limit */
     uint64_t session_ms;
     uint32_t greet_delay_ms;
     struct smtp_session *buckets[SMTP_BUCKETS];

@@ -15,6 +15,8 @@
 #include "smtp_engine.h"
 
 #define SMTP_GIB ((int64_t)1 << 30)
+/* The slowest link data_total_timeout allows for by default: 1 Mbit/s. */
+#define SMTP_MIN_RATE 131072u
 
 static const struct mg_setting smtp_settings[] = {
     {.name = "max_message_size",
@@ -28,6 +30,7 @@ static const struct mg_setting smtp_settings[] = {
     {.name = "hostname", .type = MG_SET_STRING},
     {.name = "idle_timeout", .type = MG_SET_INT, .min = 1, .max = 86400},
     {.name = "data_timeout", .type = MG_SET_INT, .min = 1, .max = 86400},
+    {.name = "data_total_timeout", .type = MG_SET_INT, .min = 0, .max = 604800},
     {.name = "max_session_time", .type = MG_SET_INT, .min = 0, .max = 604800},
     {.name = "greet_delay", .type = MG_SET_INT, .min = 0, .max = 10000},
     {.name = "log_addresses", .type = MG_SET_BOOL},
@@ -101,6 +104,7 @@ smtp_configure(struct mg_modctx *m, const struct mg_core_api *api,
     static char err[512];
     struct smtp_state *st;
     char host[256], def_greeting[320];
+    int64_t def_total;
     const char *s;
 
     if (api->abi_version != MG_ABI_VERSION ||
@@ -125,6 +129,13 @@ smtp_configure(struct mg_modctx *m, const struct mg_core_api *api,
     st->data_ms = (uint32_t)api->setting_int(sect, "data_timeout", 600) * 1000u;
     st->session_ms =
         (uint64_t)api->setting_int(sect, "max_session_time", 3600) * 1000u;
+    /* default: data_timeout plus the largest message at 1 Mbit/s, so that
+     * a journaling MTA on a slow link still gets its 200 MiB through */
+    def_total = (int64_t)(st->data_ms / 1000u) +
+                (int64_t)(st->max_message_size / SMTP_MIN_RATE);
+    st->data_total_ms =
+        (uint64_t)api->setting_int(sect, "data_total_timeout", def_total) *
+        1000u;
     st->greet_delay_ms = (uint32_t)api->setting_int(sect, "greet_delay", 0);
 
     if (gethostname(host, sizeof(host)) != 0 || host[0] == '\0')

@@ -132,7 +132,8 @@ struct smtp_session {
     bool data_timeouts;
     enum mg_tls_mode listener_tls;
     uint64_t greet_timer;
-    uint64_t cmd_timer; /* a command line started and not yet complete */
+    uint64_t cmd_timer;  /* a command line started and not yet complete */
+    uint64_t data_timer; /* the DATA/BDAT phase must end by then */
     uint64_t started_ms;
     unsigned errors;
 
@@ -219,6 +220,8 @@ static const struct mg_core_api *smtp_api;
 
 static void smtp_process(struct smtp_session *s);
 static void smtp_session_free(struct smtp_session *s);
+static void smtp_reply(struct smtp_session *s, int code, const char *ecode,
+                       const char *fmt, ...) MG_PRINTF(4, 5);
 
 /* ================================================================ util */
 
@@ -546,10 +549,52 @@ smtp_leave(struct smtp_session *s)
     }
 }
 
-/* ============================================================= replies */
+/* ------------------------------------------------- data phase deadline */
 
-static void smtp_reply(struct smtp_session *s, int code, const char *ecode,
-                       const char *fmt, ...) MG_PRINTF(4, 5);
+/* data_timeout restarts with every byte, so a client that sends one byte
+ * just before it expires would hold the session until max_session_time:
+ * the whole data phase of a message has a deadline of its own. */
+static void
+smtp_data_deadline(void *arg)
+{
+    struct smtp_session *s = arg;
+
+    s->data_timer = 0;
+    if (s->closed)
+        return;
+    smtp_enter(s);
+    smtp_log(s, MG_LOG_INFO,
+             "message data not complete within data_total_timeout "
+             "(%" PRIu64 " bytes); closing",
+             s->msg_bytes);
+    /* the pending copies are discarded with the transaction */
+    smtp_reply(s, 421, "4.4.2",
+               "%s Error: timeout exceeded for the message data",
+               s->st->hostname);
+    smtp_close(s);
+    smtp_leave(s);
+}
+
+/* The data phase starts (DATA's 354, the first BDAT chunk). */
+static void
+smtp_data_deadline_start(struct smtp_session *s)
+{
+    if (s->data_timer == 0 && s->st->data_total_ms > 0)
+        s->data_timer = smtp_api->timer_add(s->st->m, s->st->data_total_ms,
+                                            smtp_data_deadline, s);
+}
+
+/* The client sent all of the data (or the transaction is over). */
+static void
+smtp_data_deadline_stop(struct smtp_session *s)
+{
+    if (s->data_timer != 0) {
+        smtp_api->timer_cancel(s->data_timer);
+        s->data_timer = 0;
+    }
+}
+
+/* ============================================================= replies */
 
 static void
 smtp_reply(struct smtp_session *s, int code, const char *ecode, const char *fmt,
@@ -808,6 +853,7 @@ smtp_txn_free(struct smtp_session *s)
     s->mboxes = NULL;
     s->mbox_rcpts = NULL;
     s->nrcpts = s->rcap = s->nmboxes = 0;
+    smtp_data_deadline_stop(s);
     free(s->sender);
     s->sender = NULL;
     if (s->writer != NULL) {
@@ -1359,6 +1405,7 @@ smtp_data_step(struct smtp_session *s)
     if (s->pstage != SMTP_PIECE_NONE)
         return smtp_piece_push(s);
     if (s->dstate.done) {
+        smtp_data_deadline_stop(s);
         smtp_enter_state(s, SMTP_ST_END);
         s->fin = SMTP_FIN_TEE;
         smtp_finish(s);
@@ -1388,6 +1435,8 @@ smtp_chunk_step(struct smtp_session *s)
     if (s->pstage != SMTP_PIECE_NONE)
         return smtp_piece_push(s);
     if (s->chunk_left == 0) {
+        if (s->chunk_discard || s->chunk_last)
+            smtp_data_deadline_stop(s);
         if (s->chunk_discard) {
             s->chunk_discard = false;
             smtp_set_timeouts(s, false);
@@ -1786,6 +1835,7 @@ smtp_data_cont(struct smtp_session *s, enum mg_verdict v)
     s->data_begun = true;
     s->poffset = 0;
     smtp_set_timeouts(s, true);
+    smtp_data_deadline_start(s);
     smtp_enter_state(s, SMTP_ST_DATA);
 }
 
@@ -1841,6 +1891,7 @@ smtp_cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
     }
     if (s->chunk_discard) {
         smtp_set_timeouts(s, true);
+        smtp_data_deadline_start(s);
         smtp_enter_state(s, SMTP_ST_CHUNK);
         return;
     }
@@ -1859,6 +1910,7 @@ smtp_cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
     if (s->msg_bytes + size > s->st->max_message_size)
         smtp_txn_fail(s, 552, "5.3.4", "Message size exceeds fixed maximum");
     smtp_set_timeouts(s, true);
+    smtp_data_deadline_start(s);
     smtp_enter_state(s, SMTP_ST_CHUNK);
 }
 
@@ -2567,6 +2619,7 @@ smtp_session_free(struct smtp_session *s)
     if (s->greet_timer != 0)
         smtp_api->timer_cancel(s->greet_timer);
     smtp_cmd_deadline_stop(s);
+    smtp_data_deadline_stop(s);
     smtp_txn_free(s);
     smtp_rcpt_release(s);
     smtp_auth_wipe(s);

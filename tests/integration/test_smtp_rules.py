@@ -258,6 +258,89 @@ def test_data_timeout_421(make_smtp, certs):
     assert mg_dump(d, mb) == []
 
 
+def _drip(c, data, every, until):
+    """Send data one byte every `every` s until the peer closes or `until`
+    s pass; the bytes received by then."""
+    t0 = time.monotonic()
+    for ch in data:
+        try:
+            c.send(bytes([ch]))
+        except OSError:
+            break
+        time.sleep(every)
+        if time.monotonic() - t0 > until:
+            break
+    try:
+        return c.recv_all_until_close()
+    except (OSError, Closed):
+        return b""
+
+
+def test_data_total_timeout_slow_drip(make_smtp, certs):
+    """A client that sends one byte just before data_timeout expires keeps
+    the data phase alive byte by byte; data_total_timeout ends it anyway:
+    421 4.4.2 and disconnect, and nothing is stored."""
+    d = make_smtp(smtp={"data_timeout": 1, "data_total_timeout": 2,
+                        "idle_timeout": 30})
+    mb = mailbox_create(d)
+    c = session(d.smtp_port, certs)
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    c.expect("DATA", 354)
+    t0 = time.monotonic()
+    data = _drip(c, b"Subject: slow\r\n\r\n" + b"x" * 200, 0.4, 8)
+    assert data.startswith(b"421 4.4.2"), data
+    assert 1.8 <= time.monotonic() - t0 < 4
+    d.wait_log(r"message data not complete within data_total_timeout")
+    assert mg_dump(d, mb) == []
+
+
+def test_data_total_timeout_bdat(make_smtp, certs):
+    """BDAT: the deadline covers the whole transaction, the chunks and the
+    pauses between them (each pause is within idle_timeout)."""
+    d = make_smtp(smtp={"data_timeout": 1, "data_total_timeout": 2,
+                        "idle_timeout": 30})
+    mb = mailbox_create(d)
+    c = session(d.smtp_port, certs)
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    t0 = time.monotonic()
+    data = b""
+    for i in range(20):
+        try:
+            c.send(b"BDAT 6\r\nchunk%d" % (i % 10))
+            code, _ = c.reply()
+        except (OSError, Closed):
+            break
+        if code != 250:
+            data = b"%d" % code
+            break
+        time.sleep(0.5)
+    if not data:
+        try:
+            data = c.buf + c.recv_all_until_close()
+        except (OSError, Closed):
+            data = c.buf
+    assert data.startswith(b"421"), data
+    assert time.monotonic() - t0 < 4
+    assert mg_dump(d, mb) == []
+
+
+def test_data_total_timeout_fast_client_unaffected(make_smtp, certs):
+    """A message sent at once is delivered well inside the deadline, and
+    the deadline does not carry over into the next transaction."""
+    d = make_smtp(smtp={"data_total_timeout": 2})
+    mb = mailbox_create(d)
+    c = session(d.smtp_port, certs)
+    for i in range(2):
+        c.expect("MAIL FROM:<alice@sender.test>", 250)
+        c.expect("RCPT TO:<%s>" % addr(mb), 250)
+        c.data(sample_message("fast %d" % i))
+        time.sleep(1.5)
+    c.expect("NOOP", 250)
+    assert len(mg_dump(d, mb)) == 2
+
+
 def test_greeting_and_hostname(make_smtp):
     d = make_smtp(smtp={"hostname": "mx.example.test",
                         "greeting": "journal gateway"})
