@@ -76,41 +76,63 @@ mg_buf_clear(struct mg_buf *b)
     b->start = b->end = 0;
 }
 
+/* Drop the rest of an overlong line: up to and including its LF when it
+ * is buffered (true), else everything buffered (false). */
+static bool
+line_discard(struct mg_buf *in)
+{
+    const char *data = mg_buf_data(in);
+    const char *lf = memchr(data, '\n', mg_buf_len(in));
+
+    if (lf == NULL) {
+        mg_buf_clear(in);
+        return false;
+    }
+    mg_buf_consume(in, (size_t)(lf - data) + 1);
+    return true;
+}
+
 int
 mg_line_next(struct mg_buf *in, struct mg_linereader *lr, const char **line,
              size_t *len, enum mg_eol *eol, size_t *used_r)
 {
-    const char *data = mg_buf_data(in);
-    size_t avail = mg_buf_len(in);
-    const char *lf;
+    const char *data, *lf;
+    size_t avail, limit;
 
     *used_r = 0;
+    if (lr->discarding) {
+        /* the rest of a line already reported as overlong */
+        lr->scanned = 0;
+        if (!line_discard(in))
+            return MG_AGAIN;
+        lr->discarding = false;
+    }
+    data = mg_buf_data(in);
+    avail = mg_buf_len(in);
     if (lr->scanned > avail)
         lr->scanned = 0;
-    lf = memchr(data + lr->scanned, '\n', avail - lr->scanned);
+    /* a terminator past the limit cannot end an acceptable line */
+    limit = avail < lr->max ? avail : lr->max;
+    lf = lr->scanned < limit
+             ? memchr(data + lr->scanned, '\n', limit - lr->scanned)
+             : NULL;
     if (lf == NULL) {
-        if (lr->discarding || avail >= lr->max) {
-            /* overlong: drop what we have but keep a trailing CR, which
-             * may be the start of the terminator */
-            size_t drop = avail;
-
-            if (drop > 0 && data[drop - 1] == '\r')
-                drop--;
-            mg_buf_consume(in, drop);
-            lr->discarding = true;
+        if (avail < lr->max) {
+            lr->scanned = avail;
+            return MG_AGAIN;
         }
-        lr->scanned = mg_buf_len(in);
-        return MG_AGAIN;
+        /* overlong: reported now, not when (if ever) the line ends; the
+         * rest of it is dropped as it arrives, so the buffer stays
+         * bounded */
+        lr->scanned = 0;
+        lr->discarding = !line_discard(in);
+        return MG_DECLINED;
     }
 
     size_t total = (size_t)(lf - data) + 1;
 
     lr->scanned = 0;
     *used_r = total;
-    if (lr->discarding || total > lr->max) {
-        lr->discarding = false;
-        return MG_DECLINED;
-    }
     *line = data;
     if (total >= 2 && lf[-1] == '\r') {
         *len = total - 2;

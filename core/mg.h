@@ -95,9 +95,11 @@ struct mg_linereader {
 /**
  * Find the next line in `in`. MG_OK: *line, *len (terminator excluded),
  * *eol, and *used_r (bytes to consume after the caller is done with the
- * line). MG_AGAIN: no full line yet (overlong prefixes are dropped as they
- * arrive, so the buffer stays bounded). MG_DECLINED: an overlong line
- * ended; it was dropped, *used_r bytes remain to consume.
+ * line). MG_AGAIN: no full line yet. MG_DECLINED: a line is longer than
+ * `max`, reported as soon as `max` bytes arrived without a line end (a
+ * protocol can answer and disconnect at once); what is buffered of it is
+ * dropped (*used_r is 0), and the rest is dropped silently as it arrives,
+ * up to its LF, so the buffer stays bounded. Once per overlong line.
  */
 int mg_line_next(struct mg_buf *in, struct mg_linereader *lr, const char **line,
                  size_t *len, enum mg_eol *eol, size_t *used_r);

@@ -177,8 +177,10 @@ struct mg_conn_api {
     void (*set_handler)(struct mg_conn *c, mg_conn_fn fn, void *arg);
     /** Next line from the input buffer, without its terminator.
      * MG_OK: *line, *len set (valid until the next read call), *eol set.
-     * MG_AGAIN: no full line yet. MG_DECLINED: a line longer than the
-     * limit arrived and was discarded up to its end (answer an error).
+     * MG_AGAIN: no full line yet. MG_DECLINED: a line is longer than
+     * the limit, reported as soon as the limit is passed (answer an
+     * error, or disconnect); the line is discarded up to its end, the
+     * part still to come silently by the next calls.
      * A NUL byte inside a line is delivered; the protocol refuses it. */
     int (*getline)(struct mg_conn *c, const char **line, size_t *len,
                    enum mg_eol *eol);

@@ -2360,12 +2360,15 @@ smtp_process(struct smtp_session *s)
             smtp_cmd_deadline_check(s);
             return;
         }
-        smtp_cmd_deadline_stop(s); /* a line is complete */
+        smtp_cmd_deadline_stop(s); /* a line is complete, or overlong */
         if (r == MG_DECLINED) {
-            if (s->state == SMTP_ST_AUTH)
-                smtp_enter_state(s, SMTP_ST_READY);
-            smtp_error(s, 500, "5.5.2", "Line too long");
-            continue;
+            /* told as soon as the limit is passed: a peer that sends
+             * that much without a line end is not speaking SMTP, and
+             * the rest of its line would never be a command */
+            smtp_log(s, MG_LOG_INFO, "command line too long; closing");
+            smtp_reply(s, 500, "5.5.2", "Line too long");
+            smtp_close(s);
+            return;
         }
         if (r != MG_OK) {
             smtp_close(s);
