@@ -93,15 +93,19 @@ enum smtp_pstage {
     SMTP_PIECE_WRITE,
 };
 
-/* Lines of a hook's reply kept for later (smtp_save_hook). */
-#define SMTP_SAVED_LINES 8
+/* A handler's reply is used when it has at most this many lines of at
+ * most SMTP_REPLY_LINE_MAX octets each (doc/hooks.md); RFC 5321 asks for
+ * 512 octets per reply line, code included, and some servers send more. */
+#define SMTP_REPLY_LINES_MAX 100
+#define SMTP_REPLY_LINE_MAX  998
 
-/** A reply kept for later (a failure inside the data, a hook's answer).
- * The lines of a multi-line reply are separated by '\n' in `text`. */
+/** A reply kept for later (a failure inside the data, a hook's answer):
+ * copies of every line, freed by smtp_saved_clear(). */
 struct smtp_saved {
     int code;
-    char ecode[16];
-    char text[SMTP_TEXT_MAX];
+    char *ecode; /* NULL: none */
+    char **lines;
+    size_t nlines;
 };
 
 /** A conn an smtp.auth handler took over: only its SIGTERM is ours. */
@@ -617,31 +621,49 @@ smtp_reply(struct smtp_session *s, int code, const char *ecode, const char *fmt,
 static void
 smtp_reply_saved(struct smtp_session *s, const struct smtp_saved *r)
 {
-    char text[SMTP_TEXT_MAX];
-    const char *lines[SMTP_SAVED_LINES];
     struct mg_reply rep = {.code = r->code,
-                           .ecode = r->ecode[0] != '\0' ? r->ecode : NULL,
-                           .lines = lines};
-    char *p = text, *nl;
+                           .ecode = r->ecode,
+                           .nlines = r->nlines,
+                           .lines = (const char *const *)r->lines};
 
-    if (s->closed)
+    if (s->closed || r->nlines == 0)
         return;
-    snprintf(text, sizeof(text), "%s", r->text);
-    lines[rep.nlines++] = p;
-    while ((nl = strchr(p, '\n')) != NULL && rep.nlines < SMTP_SAVED_LINES) {
-        *nl = '\0';
-        p = nl + 1;
-        lines[rep.nlines++] = p;
-    }
     smtp_api->conn->write_reply(s->c, &rep);
+}
+
+static void
+smtp_saved_clear(struct smtp_saved *r)
+{
+    for (size_t i = 0; i < r->nlines; i++)
+        free(r->lines[i]);
+    free(r->lines);
+    free(r->ecode);
+    memset(r, 0, sizeof(*r));
+}
+
+/* Keep a reply: code, enhanced code (or NULL), `nlines` lines of text
+ * (copied with smtp_clean: the reply may come from a peer). */
+static void
+smtp_save_lines(struct smtp_saved *r, int code, const char *ecode,
+                size_t nlines, const char *const *lines)
+{
+    smtp_saved_clear(r);
+    r->code = code;
+    r->ecode = ecode != NULL && ecode[0] != '\0' ? smtp_strdup(ecode) : NULL;
+    r->lines = smtp_alloc((nlines + 1) * sizeof(*r->lines));
+    for (size_t i = 0; i < nlines; i++) {
+        size_t n = strlen(lines[i]);
+
+        r->lines[i] = smtp_alloc(n + 1);
+        smtp_clean(r->lines[i], n + 1, lines[i], n);
+    }
+    r->nlines = nlines;
 }
 
 static void
 smtp_save(struct smtp_saved *r, int code, const char *ecode, const char *text)
 {
-    r->code = code;
-    snprintf(r->ecode, sizeof(r->ecode), "%s", ecode != NULL ? ecode : "");
-    snprintf(r->text, sizeof(r->text), "%s", text);
+    smtp_save_lines(r, code, ecode, 1, &text);
 }
 
 /* An error the client caused; false when the session was closed for too
@@ -665,8 +687,14 @@ smtp_error(struct smtp_session *s, int code, const char *ecode,
 static bool
 smtp_reply_fits(const struct mg_reply *r, enum mg_verdict v, int want)
 {
-    if (r->code == 0 || r->nlines == 0 || r->lines == NULL)
+    if (r->code == 0 || r->nlines == 0 || r->lines == NULL ||
+        r->nlines > SMTP_REPLY_LINES_MAX)
         return false;
+    for (size_t i = 0; i < r->nlines; i++) {
+        if (r->lines[i] == NULL ||
+            strnlen(r->lines[i], SMTP_REPLY_LINE_MAX + 1) > SMTP_REPLY_LINE_MAX)
+            return false;
+    }
     if (want != 0)
         return r->code == want;
     switch (v) {
@@ -701,45 +729,27 @@ smtp_reply_hook(struct smtp_session *s, enum mg_verdict v, int want, int code,
     smtp_reply(s, code, ecode, "%s", text);
 }
 
-/* Keep a hook's refusal for a later reply (the data phase goes on). */
+/* Keep a hook's refusal for a later reply (the data phase goes on): every
+ * line of the handler's reply, as the other phases write it at once. */
 static void
 smtp_save_hook(struct smtp_session *s, enum mg_verdict v,
                struct smtp_saved *out)
 {
     const struct mg_reply *r = &s->call.reply;
 
-    if (v == MG_TEMPFAIL)
-        smtp_save(out, 451, "4.3.0", "Temporary failure, try again later");
-    else
-        smtp_save(out, 550, "5.7.1", "Message refused");
     if (smtp_reply_fits(r, v, 0)) {
-        char text[SMTP_TEXT_MAX];
-        size_t first = r->nlines, len = 0, pos = 0;
-
-        /* every line, as for the other hooks; when they do not all fit,
-         * the last ones (the last line is always kept) */
-        while (first > 0 && r->nlines - first < SMTP_SAVED_LINES) {
-            size_t n = strlen(r->lines[first - 1]) + 1;
-
-            if (len + n > sizeof(text) && first != r->nlines)
-                break;
-            len += n;
-            first--;
-        }
-        for (size_t i = first; i < r->nlines && pos + 1 < sizeof(text); i++) {
-            if (i > first)
-                text[pos++] = '\n';
-            smtp_clean(text + pos, sizeof(text) - pos, r->lines[i],
-                       strlen(r->lines[i]));
-            pos += strlen(text + pos);
-        }
-        smtp_save(out, r->code, r->ecode, text);
-    } else if (r->code != 0) {
+        smtp_save_lines(out, r->code, r->ecode, r->nlines, r->lines);
+        return;
+    }
+    if (r->code != 0)
         smtp_log(s, MG_LOG_WARNING,
                  "hook %s: the handler's reply %d does not fit its verdict; "
                  "using the default",
                  s->call.hook, r->code);
-    }
+    if (v == MG_TEMPFAIL)
+        smtp_save(out, 451, "4.3.0", "Temporary failure, try again later");
+    else
+        smtp_save(out, 550, "5.7.1", "Message refused");
 }
 
 /* =============================================================== hooks */
@@ -900,19 +910,39 @@ smtp_txn_reset(struct smtp_session *s)
         smtp_enter_state(s, s->helo != NULL ? SMTP_ST_READY : SMTP_ST_INIT);
 }
 
+/* The transaction failed inside the data: `r` (moved into s->fail; it
+ * may be s->fail itself) is the reply once the data is read. */
 static void
-smtp_txn_fail(struct smtp_session *s, int code, const char *ecode,
-              const char *text)
+smtp_txn_fail_saved(struct smtp_session *s, struct smtp_saved *r)
 {
-    if (s->txn_failed)
+    if (s->txn_failed) {
+        if (r != &s->fail)
+            smtp_saved_clear(r); /* the first failure is the answer */
         return;
+    }
     s->txn_failed = true;
-    smtp_save(&s->fail, code, ecode, text);
+    if (r != &s->fail) {
+        smtp_saved_clear(&s->fail);
+        s->fail = *r;
+        memset(r, 0, sizeof(*r));
+    }
     if (s->writer != NULL) {
         /* never store part of a refused message */
         smtp_api->store->msg_free(s->writer);
         s->writer = NULL;
     }
+}
+
+static void
+smtp_txn_fail(struct smtp_session *s, int code, const char *ecode,
+              const char *text)
+{
+    struct smtp_saved r = {0};
+
+    if (s->txn_failed)
+        return;
+    smtp_save(&r, code, ecode, text);
+    smtp_txn_fail_saved(s, &r);
 }
 
 static void
@@ -973,10 +1003,10 @@ static void
 smtp_tee_cont(struct smtp_session *s, enum mg_verdict v)
 {
     if (v == MG_TEMPFAIL || v == MG_PERMFAIL) {
-        struct smtp_saved r;
+        struct smtp_saved r = {0};
 
         smtp_save_hook(s, v, &r);
-        smtp_txn_fail(s, r.code, r.ecode, r.text);
+        smtp_txn_fail_saved(s, &r);
     }
 }
 
@@ -1307,10 +1337,10 @@ static void
 smtp_bdat_cont(struct smtp_session *s, enum mg_verdict v)
 {
     if (v == MG_TEMPFAIL || v == MG_PERMFAIL) {
-        struct smtp_saved r;
+        struct smtp_saved r = {0};
 
         smtp_save_hook(s, v, &r);
-        smtp_txn_fail(s, r.code, r.ecode, r.text);
+        smtp_txn_fail_saved(s, &r);
         s->fin = SMTP_FIN_COMMIT; /* replies the failure */
         return;
     }
@@ -1444,7 +1474,7 @@ smtp_chunk_step(struct smtp_session *s)
                 smtp_enter_state(s, s->helo != NULL ? SMTP_ST_READY
                                                     : SMTP_ST_INIT);
             smtp_error(s, s->chunk_reply.code, s->chunk_reply.ecode,
-                       s->chunk_reply.text);
+                       s->chunk_reply.lines[0]);
             return !s->closed;
         }
         smtp_enter_state(s, SMTP_ST_END);
@@ -1902,9 +1932,7 @@ smtp_cmd_bdat(struct smtp_session *s, const struct smtp_command *cmd)
         s->data_begun = true;
         s->poffset = 0;
         if (!smtp_begin_store(s)) {
-            struct smtp_saved r = s->fail;
-
-            smtp_txn_fail(s, r.code, r.ecode, r.text);
+            smtp_txn_fail_saved(s, &s->fail);
         }
     }
     if (s->msg_bytes + size > s->st->max_message_size)
@@ -2624,6 +2652,8 @@ smtp_session_free(struct smtp_session *s)
     smtp_cmd_deadline_stop(s);
     smtp_data_deadline_stop(s);
     smtp_txn_free(s);
+    smtp_saved_clear(&s->fail);
+    smtp_saved_clear(&s->chunk_reply);
     smtp_rcpt_release(s);
     smtp_auth_wipe(s);
     smtp_wipe(s->auth_user_buf, sizeof(s->auth_user_buf));

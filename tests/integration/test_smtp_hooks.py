@@ -668,3 +668,65 @@ def test_refused_data_phase(make_hooks, certs, hook):
     assert mg_dump(d, mb) == []
     if hook != "smtp.data":
         d.wait_log(r"hooktest: data.end conn \d+ status=error", start=start)
+
+
+def refusal_lines(n, width):
+    out = []
+    for i in range(n):
+        t = "hooktest: refusal line %d of %d" % (i + 1, n)
+        out.append(t + "." * (width - len(t)))
+    return out
+
+
+def send_refused_message(c, mb, hook):
+    """MAIL, RCPT and the message (or just DATA for smtp.data)."""
+    msg = sample_message("refused")
+    c.expect("MAIL FROM:<%s>" % SENDER, 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    if hook == "smtp.bdat":
+        c.send(b"BDAT %d LAST\r\n" % len(msg) + msg)
+    elif hook == "smtp.data":
+        c.send("DATA\r\n")
+    else:
+        c.expect("DATA", 354)
+        c.send(dot_stuff(msg) + b".\r\n")
+
+
+@pytest.mark.parametrize("hook", ["smtp.data", "smtp.data.tee", "smtp.bdat"])
+def test_refused_data_phase_long_reply(make_hooks, certs, hook):
+    """A long multi-line refusal in the data phase (30 lines of 300 octets:
+    far more than the 8 lines / 600 octets the engine used to keep for
+    smtp.data.tee and smtp.bdat) reaches the client whole, as smtp.data
+    (answered at once) always did."""
+    d = make_hooks(refuse_hooks=[hook], refuse_lines=30, refuse_width=300,
+                   tee=True)
+    mb = mailbox_create(d)
+    c, _ = tls_session(d, certs)
+    send_refused_message(c, mb, hook)
+    code, lines = c.reply()
+    assert code == 554, (code, lines)
+    assert lines == ["5.7.1 " + l for l in refusal_lines(30, 300)], lines
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)
+    assert mg_dump(d, mb) == []
+
+
+@pytest.mark.parametrize("hook", ["smtp.data", "smtp.data.tee", "smtp.bdat"])
+@pytest.mark.parametrize("nlines,width", [(101, 50), (2, 999)])
+def test_refused_data_phase_reply_over_limit(make_hooks, certs, hook, nlines,
+                                             width):
+    """Past the documented limit (100 lines of 998 octets, doc/hooks.md)
+    the engine logs a warning and answers with its default refusal, the
+    same in every phase."""
+    d = make_hooks(refuse_hooks=[hook], refuse_lines=nlines,
+                   refuse_width=width)
+    mb = mailbox_create(d)
+    c, _ = tls_session(d, certs)
+    start = log_from(d)
+    send_refused_message(c, mb, hook)
+    code, lines = c.reply()
+    assert (code, lines) == (550, ["5.7.1 Message refused"]), (code, lines)
+    d.wait_log(r"warning: .*hook %s: the handler's reply 554 does not fit"
+               % re.escape(hook), start=start)
+    c.expect("QUIT", 221)
+    assert mg_dump(d, mb) == []

@@ -30,6 +30,10 @@
  *                           accepted" when a recipient is a handler's
  *   refuse_hooks            a handler on each of these hooks that answers
  *                           MG_PERMFAIL with a two-line "554 5.7.1" reply
+ *   refuse_lines, refuse_width
+ *                           instead, refuse_lines lines "hooktest: refusal
+ *                           line N of M" padded with '.' to refuse_width
+ *                           octets
  *   tee = true              smtp.data.tee: count bytes, FNV-1a 64 over them,
  *                           check offsets; log the total at `last`
  *   stored = true           message.stored: log mailbox, msg id, size
@@ -82,6 +86,8 @@ struct ht_state {
     struct ht_takeover *taken;
     struct ht_suspend *suspended;
     struct ht_tee *tees;
+    char **refuse_lines; /* NULL: ht_refuse_lines */
+    size_t nrefuse;
 };
 
 static const struct mg_core_api *ht_api;
@@ -381,7 +387,12 @@ ht_refuse(struct mg_hook_call *call, void *arg)
 
     ht_api->log(st->m, MG_LOG_INFO, "refused %s conn %" PRIu64, call->hook,
                 call->conn_id);
-    ht_set_reply(call, 554, "5.7.1", 2, ht_refuse_lines);
+    if (st->refuse_lines != NULL) {
+        ht_set_reply(call, 554, "5.7.1", st->nrefuse,
+                     (const char *const *)st->refuse_lines);
+    } else {
+        ht_set_reply(call, 554, "5.7.1", 2, ht_refuse_lines);
+    }
     return MG_PERMFAIL;
 }
 
@@ -492,6 +503,8 @@ static const struct mg_setting ht_settings[] = {
     {.name = "mail_tempfail_sender", .type = MG_SET_STRING},
     {.name = "suspend_hooks", .type = MG_SET_STRINGS},
     {.name = "refuse_hooks", .type = MG_SET_STRINGS},
+    {.name = "refuse_lines", .type = MG_SET_INT, .min = 1, .max = 1000},
+    {.name = "refuse_width", .type = MG_SET_INT, .min = 40, .max = 4000},
     {.name = "suspend_ms", .type = MG_SET_INT, .min = 0, .max = 60000},
     {.name = "rcpt_accept_domain", .type = MG_SET_STRING},
     {.name = "data_end_accept", .type = MG_SET_BOOL},
@@ -521,6 +534,10 @@ ht_release(void *state)
         st->tees = t->next;
         free(t);
     }
+    for (size_t i = 0; i < st->nrefuse; i++) {
+        free(st->refuse_lines[i]);
+    }
+    free(st->refuse_lines);
     free(st->tempfail_sender);
     free(st->accept_domain);
     free(st);
@@ -560,6 +577,20 @@ ht_configure(struct mg_modctx *m, const struct mg_core_api *api,
     st->accept_domain =
         ht_strdup(api->setting_string(sect, "rcpt_accept_domain", ""));
     st->suspend_ms = (uint64_t)api->setting_int(sect, "suspend_ms", 300);
+    st->nrefuse = (size_t)api->setting_int(sect, "refuse_lines", 0);
+    if (st->nrefuse > 0) {
+        size_t width = (size_t)api->setting_int(sect, "refuse_width", 100);
+
+        st->refuse_lines = ht_alloc(st->nrefuse * sizeof(char *));
+        for (size_t i = 0; i < st->nrefuse; i++) {
+            char *l = ht_alloc(width + 1);
+            int n = snprintf(l, width + 1, "hooktest: refusal line %zu of %zu",
+                             i + 1, st->nrefuse);
+
+            memset(l + n, '.', width - (size_t)n);
+            st->refuse_lines[i] = l;
+        }
+    }
 
     if (st->auth) {
         ok = ok && ht_add(st, "smtp.auth", 100, ht_auth, error_r);
