@@ -6,7 +6,16 @@ modules_smtp_smtp_la_SOURCES = \
 	modules/smtp/smtp_engine.h \
 	modules/smtp/smtp_parse.c \
 	modules/smtp/smtp_data.c \
+	modules/smtp/smtp_session.h \
 	modules/smtp/smtp_session.c \
+	modules/smtp/smtp_command.c \
+	modules/smtp/smtp_envelope.c \
+	modules/smtp/smtp_body.c \
+	modules/smtp/smtp_deliver.c \
+	modules/smtp/smtp_auth.c \
+	modules/smtp/smtp_hooks.c \
+	modules/smtp/smtp_reply.c \
+	modules/smtp/smtp_util.c \
 	modules/smtp/smtp_module.c
 modules_smtp_smtp_la_CPPFLAGS = -I$(top_builddir)/include \
 	-I$(top_srcdir)/include -I$(top_srcdir)/modules/smtp

@@ -4,11 +4,12 @@
  *   smtp_parse.c    pure: command lines, paths, ESMTP parameters, BDAT
  *   smtp_data.c     pure: the DATA byte stream (end of data, dot-unstuffing,
  *                   bare CR/LF normalisation) -- no I/O
- *   smtp_session.c  the state machine of one session (conn, hooks, store)
+ *   smtp_session.c  the state machine of one session (conn, hooks, store),
+ *                   with the files listed in smtp_session.h
  *   smtp_module.c   the descriptor, settings and listeners
  *
- * Only smtp_module.c and smtp_session.c see the core API; the parsers are
- * plain C so that unit tests and the fuzz target can drive them alone.
+ * Only smtp_module.c and the session's files see the core API; the parsers
+ * are plain C so that unit tests and the fuzz target can drive them alone.
  */
 #ifndef MG_SMTP_H
 #define MG_SMTP_H

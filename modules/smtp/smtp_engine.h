@@ -1,7 +1,7 @@
 /*
  * modules/smtp/smtp_engine.h -- between smtp_module.c (settings,
- * listeners) and smtp_session.c (the state machine). Both see the core
- * API; the parsers of smtp.h do not.
+ * listeners) and smtp_session.c (the state machine, with the files of
+ * smtp_session.h). Both see the core API; the parsers of smtp.h do not.
  */
 #ifndef MG_SMTP_ENGINE_H
 #define MG_SMTP_ENGINE_H

@@ -1,6 +1,7 @@
 /*
  * modules/smtp/smtp_module.c -- the smtp module's descriptor, settings and
- * listeners. The sessions live in smtp_session.c.
+ * listeners. The sessions live in smtp_session.c and the files of
+ * smtp_session.h.
  */
 #include "config.h"
 
