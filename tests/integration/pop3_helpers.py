@@ -156,7 +156,7 @@ def raw(port, certs=None, tls=False):
     return c
 
 
-__all__ = ["make_pop3", "deliver", "pop3s", "pop3_stls", "login",
+__all__ = ["make_pop3", "pop3_module_text", "deliver", "pop3s", "pop3_stls", "login",
            "mailbox_messages", "strip_trace", "raw", "Raw", "SENDER",
            "sample_message", "mailbox_create", "SMTP_DOMAIN", "addr",
            "poplib", "re"]
