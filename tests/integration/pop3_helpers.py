@@ -50,7 +50,8 @@ def make_pop3(make_smtp):
     plaintext one with allow_plaintext_auth (d.pop3_plain_port).
     make_pop3(pop3={settings}, top={...}, start=True)."""
 
-    def make(pop3=None, top=None, start=True, listen=None, **kw):
+    def make(pop3=None, top=None, start=True, listen=None, modules=(), **kw):
+        """`modules`: further module groups after pop3."""
         if listen is None:
             listen = [listener(free_port(), "starttls"),
                       listener(free_port(), "implicit"),
@@ -59,7 +60,8 @@ def make_pop3(make_smtp):
         settings = dict(FAST)
         settings.update(pop3 or {})
         d = make_smtp(top=top, start=False,
-                      modules=[pop3_module_text(listen, settings)], **kw)
+                      modules=[pop3_module_text(listen, settings), *modules],
+                      **kw)
         d.ports = d.ports + [e["port"] for e in listen]
         d.pop3_listen = listen
         d.pop3_port = d.pop3s_port = d.pop3_plain_port = None
