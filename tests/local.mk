@@ -96,4 +96,5 @@ endif
 EXTRA_DIST += tests/run-all.sh tests/cppcheck.cfg tests/quickstart_smoke.py \
 	tests/unit/data \
 	tests/modules/Makefile.ext tests/modules/testline.c tests/modules/hooktest.c \
+	tests/modules/pop3hook.c \
 	tests/integration
