@@ -82,7 +82,9 @@ static bool
 line_discard(struct mg_buf *in)
 {
     const char *data = mg_buf_data(in);
-    const char *lf = memchr(data, '\n', mg_buf_len(in));
+    /* an empty buffer may have no storage: memchr(NULL, ...) is undefined */
+    const char *lf =
+        mg_buf_len(in) > 0 ? memchr(data, '\n', mg_buf_len(in)) : NULL;
 
     if (lf == NULL) {
         mg_buf_clear(in);

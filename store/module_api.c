@@ -485,6 +485,7 @@ ma_msg_delete(const char *mailbox_id, const uint64_t *ids, size_t n,
 struct mg_mbox_key {
     struct mg_vault_key *vk;
     char mailbox_id[MG_MAILBOX_ID_MAX + 1];
+    uint64_t conn_id; /* the session that unlocked it: its readers' resumes */
 };
 
 /* Passwords are copied into guarded memory that is wiped when freed. */
@@ -554,6 +555,7 @@ ma_unlock_done(void *arg)
     if (u->status == MG_OK) {
         key = mg_xcalloc(1, sizeof(*key));
         key->vk = u->vk;
+        key->conn_id = u->conn_id;
         snprintf(key->mailbox_id, sizeof(key->mailbox_id), "%s", u->mailbox_id);
     }
     u->done(u->conn_id, key, u->status, u->arg);
@@ -618,6 +620,7 @@ ma_msg_open(struct mg_mbox_key *key, uint64_t msg_id, const char **error_r)
         free(mr);
         return NULL;
     }
+    mr->conn_id = key->conn_id;
     return mr;
 }
 

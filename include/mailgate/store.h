@@ -127,7 +127,8 @@ struct mg_store_api {
     struct mg_msg_reader *(*msg_open)(struct mg_mbox_key *key, uint64_t msg_id,
                                       const char **error_r);
     /** Next plaintext piece, valid until the next call; MG_AGAIN: the next
-     * chunk is being prepared off the loop, `resume` follows; MG_DECLINED:
+     * chunk is being prepared off the loop, `resume` follows (with the
+     * conn id given to key_unlock; it never runs after msg_close); MG_DECLINED:
      * end of message; MG_ERROR: authentication failed or data missing. */
     int (*msg_read)(struct mg_msg_reader *r, const void **data, size_t *len,
                     mg_store_resume_fn resume, void *arg);
