@@ -1,11 +1,13 @@
 """Smoke test of `./quickstart run` as a new user runs it: it builds, makes a
 development instance (here in a temporary MAILGATE_VAR), and the daemon
 answers on its SMTP port; a mailbox created with mailgatectl receives a
-message over STARTTLS verified against the instance's own certificate.
+message over STARTTLS verified against the instance's own certificate,
+and the archiver retrieves and deletes it over POP3 on port 2995.
 Prints one line 'quickstart-run: ok' or fails with the log."""
 
 import json
 import os
+import poplib
 import signal
 import smtplib
 import ssl
@@ -66,6 +68,19 @@ try:
                         box["id"]], capture_output=True, text=True)
     if json.loads(r.stdout)["messages"] != 1:
         fail("the message is not in the mailbox: " + r.stdout)
+    # the archiver's path of the README: POP3 over implicit TLS on 2995
+    pop = poplib.POP3_SSL("127.0.0.1", 2995, context=ctx, timeout=10)
+    pop.user(box["id"])
+    pop.pass_(box["password"])
+    lines = pop.retr(1)[1]
+    if b"hello" not in lines:
+        fail("RETR over POP3 did not return the message: %r" % lines)
+    pop.dele(1)
+    pop.quit()
+    r = subprocess.run([ctl, "-c", conf, "--json", "mailbox", "show",
+                        box["id"]], capture_output=True, text=True)
+    if json.loads(r.stdout)["messages"] != 0:
+        fail("the message was not deleted over POP3: " + r.stdout)
     os.killpg(p.pid, signal.SIGTERM)
     if p.wait(timeout=15) != 0:
         fail("mailgated exited %s after SIGTERM" % p.returncode)
