@@ -19,7 +19,8 @@ keys with) is timed with the harness's bin/sodium_bench in every run, for
 the login target (login <= Argon2id + 50 ms).
 
 Output lines (key=value, scripts/med.py form), appended to --out:
-  pop3 target=T size=S msgs= bytes= seconds= login_ms= retr_s= retr_msgs/s= left=
+  pop3 target=T size=S msgs= seconds= login_ms= retr_seconds= retr_msgs/s=
+       retr_MB/s= left=
   quit target=T size=S quit_ms= login_ms=
   argon2id ms=
 """
@@ -188,10 +189,11 @@ def main():
                         continue
                     f = dict(x.split("=", 1) for x in res.split() if "=" in x)
                     retr = float(f["seconds"]) - float(f["login_ms"]) / 1e3
-                    emit("pop3 target=%s size=%d msgs=%s bytes=%s seconds=%s "
-                         "login_ms=%s retr_s=%.3f retr_msgs/s=%.0f left=%d"
-                         % (name, size, f["msgs"], f["bytes"], f["seconds"],
-                            f["login_ms"], retr, int(f["msgs"]) / retr, left()))
+                    emit("pop3 target=%s size=%d msgs=%s seconds=%s login_ms=%s "
+                         "retr_seconds=%.3f retr_msgs/s=%.0f retr_MB/s=%.1f left=%d"
+                         % (name, size, f["msgs"], f["seconds"], f["login_ms"],
+                            retr, int(f["msgs"]) / retr,
+                            int(f["bytes"]) / retr / 1e6, left()))
                     left = fill(size, is_gw)
                     login_ms, quit_ms = time_quit(port, mode, user, pw, a.n)
                     emit("quit target=%s size=%d quit_ms=%.1f login_ms=%.1f left=%d"
