@@ -96,3 +96,33 @@ def test_plaintext_auth_refused(make_pop3, certs):
     assert c.cmd("USER " + mb["id"]).startswith("+OK")
     assert c.cmd("PASS " + mb["password"]).startswith("+OK")
     assert c.cmd("QUIT").startswith("+OK")
+
+
+def test_stls_discards_pipelined_plaintext(make_pop3, certs):
+    d = make_pop3()
+    mb = mailbox_create(d)
+    c = raw(d.pop3_port)
+    # commands injected behind STLS before the handshake must be dropped
+    c.send("STLS\r\nUSER %s\r\nPASS %s\r\n" % (mb["id"], mb["password"]))
+    assert c.line().startswith("+OK")
+    assert c.buf == b""
+    c.sock = tls_client_ctx(certs).wrap_socket(c.sock,
+                                               server_hostname="localhost")
+    # still in AUTHORIZATION with no USER given: PASS is refused
+    assert c.cmd("PASS " + mb["password"]).startswith("-ERR")
+    assert c.cmd("STLS").startswith("-ERR")  # TLS is already active
+    assert c.cmd("USER " + mb["id"]).startswith("+OK")
+    assert c.cmd("PASS " + mb["password"]).startswith("+OK")
+    assert c.cmd("QUIT").startswith("+OK")
+
+
+def test_stls_not_on_implicit_or_plain(make_pop3, certs):
+    d = make_pop3()
+    c = raw(d.pop3s_port, certs, tls=True)
+    assert c.cmd("STLS").startswith("-ERR")
+    c = raw(d.pop3_plain_port)
+    assert c.cmd("STLS").startswith("-ERR")
+    c.send("CAPA\r\n")
+    assert c.line().startswith("+OK")
+    caps = c.multi()
+    assert "STLS" not in caps and "USER" in caps, caps
