@@ -8,6 +8,7 @@ modules_pop3_pop3_la_SOURCES = \
 	modules/pop3/pop3_throttle.c \
 	modules/pop3/pop3_auth.c \
 	modules/pop3/pop3_retr.c \
+	modules/pop3/pop3_trans.c \
 	modules/pop3/pop3_session.c \
 	modules/pop3/pop3_module.c
 modules_pop3_pop3_la_CPPFLAGS = -I$(top_builddir)/include \

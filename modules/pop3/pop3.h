@@ -5,6 +5,7 @@
  *   pop3_parse.c    command lines, message numbers, TOP arguments, login
  *                   names, SASL PLAIN responses, the dot-stuffing encoder
  *   pop3_session.c  the state machine of one session (pop3_engine.h)
+ *   pop3_trans.c    STAT, LIST, UIDL, DELE, RSET, NOOP; QUIT and UPDATE
  *   pop3_auth.c     USER/PASS, AUTH PLAIN, pop3.login, the key unlock
  *   pop3_retr.c     RETR/TOP: streaming decryption to the client
  *   pop3_throttle.c failed logins per address and (address, mailbox)

@@ -168,6 +168,17 @@ const struct mg_msg_entry *pop3_message(struct pop3_session *s, const char *arg,
                                         size_t len, uint32_t *n_r);
 bool pop3_auth_allowed(const struct pop3_session *s);
 
+/* ------------------------------------------------------ pop3_trans.c */
+
+void pop3_cmd_stat(struct pop3_session *s, const struct pop3_command *cmd);
+void pop3_cmd_list(struct pop3_session *s, const struct pop3_command *cmd);
+void pop3_cmd_uidl(struct pop3_session *s, const struct pop3_command *cmd);
+void pop3_cmd_dele(struct pop3_session *s, const struct pop3_command *cmd);
+void pop3_cmd_rset(struct pop3_session *s, const struct pop3_command *cmd);
+void pop3_cmd_noop(struct pop3_session *s, const struct pop3_command *cmd);
+/** QUIT: in TRANSACTION with deletions, the UPDATE state. */
+void pop3_cmd_quit(struct pop3_session *s, const struct pop3_command *cmd);
+
 /* ------------------------------------------------------- pop3_auth.c */
 
 void pop3_cmd_user(struct pop3_session *s, const struct pop3_command *cmd);
