@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+#include <mailgate/base64.h>
+
 #include "pop3.h"
 
 #define POP3_VERB_MAX 8
@@ -184,54 +186,6 @@ pop3_login_mailbox(const char *user, size_t len, const char *domain,
     return MG_OK;
 }
 
-static int
-pop3_b64(int c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* RFC 4648 base64 with padding; -1 on bad input or overflow. */
-static long
-pop3_b64_decode(const char *in, size_t len, char *out, size_t outsz)
-{
-    uint32_t acc = 0;
-    size_t o = 0, pad = 0;
-    unsigned bits = 0;
-
-    if (len == 0 || len % 4 != 0)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        int v;
-
-        if (in[i] == '=' && i >= len - 2) {
-            pad++;
-            continue;
-        }
-        v = pop3_b64((unsigned char)in[i]);
-        if (v < 0 || pad > 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= outsz)
-                return -1;
-            out[o++] = (char)((acc >> bits) & 0xff);
-        }
-    }
-    return (long)o;
-}
-
 int
 pop3_sasl_plain(const char *b64, size_t len, char *out, size_t outsz,
                 const char **authzid_r, const char **authcid_r,
@@ -242,7 +196,7 @@ pop3_sasl_plain(const char *b64, size_t len, char *out, size_t outsz,
 
     if (outsz < 2)
         return MG_ERROR;
-    n = pop3_b64_decode(b64, len, out, outsz - 1);
+    n = mg_base64_decode(b64, len, out, outsz - 1);
     if (n <= 0)
         return MG_ERROR;
     out[n] = '\0';
