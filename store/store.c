@@ -25,7 +25,8 @@
 
 #include "store.h"
 
-#define STORE_FORMAT       1
+/* 2: counters in their own database, chunks sized to whole pages */
+#define STORE_FORMAT       2
 #define STORE_MAP_DEFAULT  (64ULL << 30)
 #define STORE_RESERVE_DEF  (64ULL << 20)
 #define STORE_BATCH_OPS    256
@@ -186,17 +187,21 @@ store_env_open(struct mg_store *st, MDB_env *env, const char **error_r)
     return MG_OK;
 }
 
+/* The databases from `first` on ("meta" is 0: read before the others,
+ * so that a store of another format is named as such). */
 static int
-store_dbs_open(MDB_txn *txn, bool create, struct mg_store_dbs *dbs,
-               const char **error_r)
+store_dbs_open(MDB_txn *txn, bool create, size_t first, size_t end,
+               struct mg_store_dbs *dbs, const char **error_r)
 {
-    static const char *const names[] = {"meta",  "mailbox", "message",
-                                        "chunk", "dedup",   "kv"};
-    MDB_dbi *slots[] = {&dbs->meta,  &dbs->mailbox, &dbs->message,
-                        &dbs->chunk, &dbs->dedup,   &dbs->kv};
+    static const char *const names[] = {"meta",  "mailbox", "message", "chunk",
+                                        "dedup", "kv",      "counter"};
+    MDB_dbi *slots[] = {&dbs->meta,  &dbs->mailbox, &dbs->message, &dbs->chunk,
+                        &dbs->dedup, &dbs->kv,      &dbs->counter};
     int rc;
 
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+    if (end > sizeof(names) / sizeof(names[0]))
+        end = sizeof(names) / sizeof(names[0]);
+    for (size_t i = first; i < end; i++) {
         rc = mdb_dbi_open(txn, names[i], create ? MDB_CREATE : 0, slots[i]);
         if (rc == MDB_NOTFOUND) {
             *error_r = store_error("the store has no %s database (not "
@@ -264,8 +269,14 @@ store_meta_init(struct mg_store *st, MDB_txn *txn, const char **error_r)
                                    format, STORE_FORMAT);
             return MG_ERROR;
         }
-        if (format < 1) {
-            *error_r = store_error("store format %u is unknown", format);
+        if (format < STORE_FORMAT) {
+            /* no store of an older format was ever deployed: nothing to
+             * migrate, but never misread one */
+            *error_r = store_error("store format %u is older than this "
+                                   "mailgated reads (%d); it was made by a "
+                                   "development version: move %s away "
+                                   "and start with a new store",
+                                   format, STORE_FORMAT, st->dir);
             return MG_ERROR;
         }
     }
@@ -306,8 +317,10 @@ store_env_setup(struct mg_store *st, MDB_env *env, const char **error_r)
         mdb_env_close(env);
         return MG_ERROR;
     }
-    if (store_dbs_open(txn, !st->read_only, &st->dbs, error_r) != MG_OK ||
-        store_meta_init(st, txn, error_r) != MG_OK) {
+    if (store_dbs_open(txn, !st->read_only, 0, 1, &st->dbs, error_r) != MG_OK ||
+        store_meta_init(st, txn, error_r) != MG_OK ||
+        store_dbs_open(txn, !st->read_only, 1, SIZE_MAX, &st->dbs, error_r) !=
+            MG_OK) {
         mdb_txn_abort(txn);
         mdb_env_close(env);
         return MG_ERROR;

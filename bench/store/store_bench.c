@@ -5,14 +5,16 @@
  *   mg-store-bench DIR MODE SIZE WRITERS COUNT [PREFILL_DELETE]
  *
  *   store   the daemon's path: per message a writer (vault encryption in
- *           the calling thread, 64 KiB chunks) and a publishing commit,
- *           through the writer thread's group commit
+ *           the calling thread, chunks of MG_VAULT_CHUNK) and a publishing
+ *           commit, through the writer thread's group commit
  *   raw     the same writer thread and batching, one op per message that
  *           puts SIZE unencrypted bytes (LMDB's ceiling with our batching)
- *   fsync   one file per message, written and fsync'd, then the folder
- *           fsync'd (a queue file per message, Postfix style)
+ *   fsync   one new file per message in the store's own directory (same
+ *           file system, next to data.mdb), written and fsync'd, then the
+ *           directory fsync'd (a queue file per message, Postfix style)
  *   stream  bare crypto_secretstream_xchacha20poly1305 over SIZE bytes in
- *           64 KiB chunks, in memory, WRITERS threads (the cipher's ceiling)
+ *           chunks of MG_VAULT_CHUNK, in memory, WRITERS threads (the
+ *           cipher's ceiling)
  *   vault   the store's encryption path alone (mg_vault_enc_begin: key,
  *           crypto_box_seal; then the chunks), in memory
  *   seal    crypto_box_seal of a 32-byte key (SIZE ignored)
@@ -235,8 +237,9 @@ static void
 bench_fsync_one(void)
 {
     uint64_t id = bench_take_id();
-    char *p = mg_xasprintf("%s/q/%llu", bench_dir, (unsigned long long)id);
-    char *dir = mg_xasprintf("%s/q", bench_dir);
+    char *p =
+        mg_xasprintf("%s/store/msg.%llu", bench_dir, (unsigned long long)id);
+    char *dir = mg_xasprintf("%s/store", bench_dir);
     int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     size_t off = 0;
 
@@ -263,7 +266,7 @@ bench_fsync_one(void)
 static void
 bench_stream_one(void)
 {
-    static _Thread_local unsigned char out[65536 + 17];
+    static _Thread_local unsigned char out[MG_VAULT_CHUNK + MG_VAULT_ABYTES];
     unsigned char key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     unsigned char header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
     crypto_secretstream_xchacha20poly1305_state st;
@@ -272,7 +275,8 @@ bench_stream_one(void)
     crypto_secretstream_xchacha20poly1305_keygen(key);
     crypto_secretstream_xchacha20poly1305_init_push(&st, header, key);
     do {
-        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+        size_t n = bench_size - off < MG_VAULT_CHUNK ? bench_size - off
+                                                     : MG_VAULT_CHUNK;
         unsigned char tag =
             off + n >= bench_size
                 ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
@@ -290,14 +294,15 @@ static uint8_t bench_pk[MG_VAULT_PK_BYTES];
 static void
 bench_vault_one(void)
 {
-    static _Thread_local uint8_t out[65536 + MG_VAULT_ABYTES];
+    static _Thread_local uint8_t out[MG_VAULT_CHUNK + MG_VAULT_ABYTES];
     uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
     struct mg_vault_enc *e = mg_vault_enc_begin(
         bench_pk, bench_mailbox, bench_take_id(), sealed, header);
     size_t off = 0;
 
     do {
-        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+        size_t n = bench_size - off < MG_VAULT_CHUNK ? bench_size - off
+                                                     : MG_VAULT_CHUNK;
 
         mg_vault_enc_push(e, bench_body + off, n, off + n >= bench_size, out);
         off += n;
@@ -329,6 +334,23 @@ bench_thread(void *arg)
     for (unsigned i = 0; i < n; i++)
         one();
     return NULL;
+}
+
+/* `total` messages of the current mode from bench_writers threads. */
+static void
+bench_run_threads(unsigned total)
+{
+    pthread_t *th = mg_xcalloc(bench_writers, sizeof(*th));
+
+    for (unsigned i = 0; i < bench_writers; i++) {
+        unsigned n =
+            total / bench_writers + (i < total % bench_writers ? 1 : 0);
+
+        pthread_create(&th[i], NULL, bench_thread, (void *)(uintptr_t)n);
+    }
+    for (unsigned i = 0; i < bench_writers; i++)
+        pthread_join(th[i], NULL);
+    free(th);
 }
 
 /* ----------------------------------------------------------- set-up */
@@ -430,8 +452,7 @@ bench_churn(uint64_t n)
 
     bench_mode = "store";
     bench_count = (unsigned)n;
-    for (uint64_t i = 0; i < n; i++)
-        bench_store_one();
+    bench_run_threads((unsigned)n);
     memset(&del, 0, sizeof(del));
     del.first = first;
     del.n = n;
@@ -446,7 +467,6 @@ int
 main(int argc, char **argv)
 {
     uint64_t prefill = 0;
-    pthread_t *th;
     const char *err = NULL;
     double t0, secs;
 
@@ -479,7 +499,7 @@ main(int argc, char **argv)
         if (prefill > 0)
             bench_churn(prefill);
     } else if (strcmp(bench_mode, "fsync") == 0) {
-        char *q = mg_xasprintf("%s/q", bench_dir);
+        char *q = mg_xasprintf("%s/store", bench_dir);
 
         mkdir(q, 0700);
         free(q);
@@ -493,16 +513,8 @@ main(int argc, char **argv)
         bench_die("mode", "store, raw, fsync, stream, vault or seal");
     }
 
-    th = mg_xcalloc(bench_writers, sizeof(*th));
     t0 = bench_now();
-    for (unsigned i = 0; i < bench_writers; i++) {
-        unsigned n = bench_count / bench_writers +
-                     (i < bench_count % bench_writers ? 1 : 0);
-
-        pthread_create(&th[i], NULL, bench_thread, (void *)(uintptr_t)n);
-    }
-    for (unsigned i = 0; i < bench_writers; i++)
-        pthread_join(th[i], NULL);
+    bench_run_threads(bench_count);
     secs = bench_now() - t0;
     printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
            "MB/s=%.1f\n",
@@ -512,7 +524,6 @@ main(int argc, char **argv)
     if (bench_store != NULL)
         mg_store_close(bench_store);
     bench_rmtree(bench_dir);
-    free(th);
     free(bench_body);
     return 0;
 }
