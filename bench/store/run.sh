@@ -37,56 +37,74 @@ for r in $(seq "$RUNS"); do
             "$BIN" "$DIR" $mode $size 32 "$(count $size 32)" "$(churn $size)" >>"$OUT"
         done
     done
-    for size in 4096 65536 1048576; do
-        "$BIN" "$DIR" stream $size 1 $(( 200000000 / size )) >>"$OUT"
-        "$BIN" "$DIR" vault $size 1 $(( 200000000 / size )) >>"$OUT"
+    for size in 4096 65536 1048576; do   # stream, vault, seal taking turns
+        n=$(( 200000000 / size )); [ $n -gt 10000 ] && n=10000
+        "$BIN" "$DIR" cipher $size 1 $n >>"$OUT"
     done
-    "$BIN" "$DIR" seal 0 1 20000 >>"$OUT"
 done
 
 /usr/bin/python3 - "$OUT" <<'PY'
-import re, statistics, sys
+import statistics, sys
+# every configuration appears once per run, in the same order: the n-th
+# line of two modes comes from the same run, minutes apart at most, so a
+# ratio is taken within each run and the median of those is reported
 rows = {}
 for line in open(sys.argv[1]):
     f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
     key = (f["mode"], int(f["size"]), int(f["writers"]), "steady" in f)
     rows.setdefault(key, []).append(float(f["msgs/s"]))
-med = {k: statistics.median(v) for k, v in rows.items()}
 def m(mode, size, w, steady=False):
-    return med.get((mode, size, w, steady))
-print("%-8s %8s %7s %12s %12s %12s %9s %9s" % ("size", "writers", "", "store/s", "raw/s", "fsync/s", "st/raw", "st/fsync"))
+    v = rows.get((mode, size, w, steady))
+    return statistics.median(v) if v else None
+def ratio(a, b, f=lambda x, y: x / y):
+    va, vb = rows.get(a), rows.get(b)
+    if not va or not vb:
+        return None
+    return statistics.median(f(x, y) for x, y in zip(va, vb))
+def fmt(v, spec="%.2f"):
+    return spec % v if v is not None else "-"
+print("medians of %d runs; ratios are medians of per-run ratios"
+      % len(rows[("store", 4096, 32, False)]))
+print("%-8s %8s %12s %12s %12s %9s %9s" % ("size", "writers", "store/s",
+      "raw/s", "fsync/s", "st/raw", "st/fsync"))
 for size in (4096, 65536, 1048576):
     for w in (1, 8, 32):
-        s, r, f = m("store", size, w), m("raw", size, w), m("fsync", size, w)
-        print("%-8d %8d %7s %12.1f %12.1f %12s %9.2f %9s" % (size, w, "", s, r,
-              "%.1f" % f if f else "-", s / r, "%.2f" % (s / f) if f else "-"))
-seal = m("seal", 0, 1)
+        k = lambda mode: (mode, size, w, False)
+        print("%-8d %8d %12.1f %12.1f %12s %9s %9s" % (size, w,
+              m("store", size, w), m("raw", size, w),
+              fmt(m("fsync", size, w), "%.1f"),
+              fmt(ratio(k("store"), k("raw"))), fmt(ratio(k("store"), k("fsync")))))
 print("steady state (after many messages were stored and deleted), 32 writers:")
 for size in (4096, 65536, 1048576):
-    s, r = m("store", size, 32, True), m("raw", size, 32, True)
-    print("  %7d B: store %.1f/s raw %.1f/s -> %.2f" % (size, s, r, s / r))
-# the vault's path per message is one crypto_box_seal (the message key)
-# plus the chunks; "chunks" leaves out the seal, timed alone in this run
-print("encryption path (vault, one thread) against bare secretstream:")
+    k = lambda mode: (mode, size, 32, True)
+    print("  %7d B: store %.1f/s raw %.1f/s -> %s" % (size, m("store", size, 32, True),
+          m("raw", size, 32, True), fmt(ratio(k("store"), k("raw")))))
+# the vault's path per message: one crypto_box_seal (the message key) and
+# the chunks; at 4 KiB the seal is nearly all of it
+print("encryption path (vault, one thread) against bare secretstream, in turn:")
 for size in (4096, 65536, 1048576):
-    v, st = m("vault", size, 1), m("stream", size, 1)
-    chunks = 1 / (1 / v - 1 / seal)
-    print("  %7d B: vault %.1f MB/s, secretstream %.1f MB/s -> %.2f; "
-          "chunks alone (seal taken out) %.1f MB/s -> %.2f"
-          % (size, v * size / 1e6, st * size / 1e6, v / st,
-             chunks * size / 1e6, chunks / st))
-print("crypto_box_seal: %.0f/s" % seal)
+    print("  %7d B: vault %.1f MB/s, secretstream %.1f MB/s -> %s" % (size,
+          m("vault", size, 1) * size / 1e6, m("stream", size, 1) * size / 1e6,
+          fmt(ratio(("vault", size, 1, False), ("stream", size, 1, False)))))
+seal = m("seal", 0, 1)
+print("crypto_box_seal: %.0f/s (one thread)" % seal)
 print("targets (32 writers):")
 for size in (65536, 1048576):
     for steady in (False, True):
-        s, r = m("store", size, 32, steady), m("raw", size, 32, steady)
-        f = m("fsync", size, 32)
-        print("  %7d B%s: store/raw %.2f (>= 0.8), store/fsync %.2f (>= 5)"
-              % (size, " steady" if steady else "       ", s / r, s / f))
+        k = lambda mode: (mode, size, 32, steady)
+        print("  %7d B%s: store/raw %s (>= 0.8), store/fsync %s (>= 5)"
+              % (size, " steady" if steady else "       ",
+                 fmt(ratio(k("store"), k("raw"))),
+                 fmt(ratio(k("store"), ("fsync", size, 32, False)))))
+sl = rows[("seal", 0, 1, False)]
 for steady in (False, True):
-    s, r = m("store", 4096, 32, steady), m("raw", 4096, 32, steady)
+    st, r = rows[("store", 4096, 32, steady)], rows[("raw", 4096, 32, steady)]
+    # the seal rate of the same run (three cipher lines per run: the median)
+    per_run = [statistics.median(sl[3 * i:3 * i + 3]) for i in range(len(st))]
+    v = statistics.median(s / min(x, 2 * y) for s, x, y in zip(st, r, per_run))
     print("     4096 B%s: store / min(raw, 2 x seal) = %.2f (>= 0.8)"
-          % (" steady" if steady else "       ", s / min(r, 2 * seal)))
-v, st = m("vault", 1048576, 1), m("stream", 1048576, 1)
-print("  encryption path at 1 MiB: vault/secretstream %.2f (>= 0.9)" % (v / st))
+          % (" steady" if steady else "       ", v))
+for size in (4096, 65536, 1048576):
+    print("  encryption path %7d B: vault/secretstream %s (>= 0.9)" % (size,
+          fmt(ratio(("vault", size, 1, False), ("stream", size, 1, False)))))
 PY

@@ -18,6 +18,9 @@
  *   vault   the store's encryption path alone (mg_vault_enc_begin: key,
  *           crypto_box_seal; then the chunks), in memory
  *   seal    crypto_box_seal of a 32-byte key (SIZE ignored)
+ *   cipher  stream, vault and seal (500 per round) in turn, ten rounds of
+ *           COUNT/10 messages each, so that all three see the same load;
+ *           prints a line for each
  *
  * WRITERS threads each store COUNT/WRITERS messages and wait for each
  * one's durable completion before the next, like SMTP sessions. With
@@ -353,6 +356,35 @@ bench_run_threads(unsigned total)
     free(th);
 }
 
+/* stream, vault and seal taking turns (mode cipher). */
+static void
+bench_cipher(void)
+{
+    static const char *const kinds[] = {"stream", "vault", "seal"};
+    double secs[3] = {0, 0, 0};
+    unsigned per = bench_count / 10, n[3] = {0, 0, 0};
+
+    for (int r = 0; r < 10; r++) {
+        for (int k = 0; k < 3; k++) {
+            unsigned count = k == 2 ? 500 : per;
+            double t0 = bench_now();
+
+            bench_mode = kinds[k];
+            bench_run_threads(count);
+            secs[k] += bench_now() - t0;
+            n[k] += count;
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        size_t size = k == 2 ? 0 : bench_size;
+
+        printf("mode=%s size=%zu writers=%u msgs=%u secs=%.3f msgs/s=%.1f "
+               "MB/s=%.1f\n",
+               kinds[k], size, bench_writers, n[k], secs[k], n[k] / secs[k],
+               (double)n[k] * (double)size / secs[k] / 1e6);
+    }
+}
+
 /* ----------------------------------------------------------- set-up */
 
 static void
@@ -472,8 +504,8 @@ main(int argc, char **argv)
 
     if (argc < 6) {
         fprintf(stderr,
-                "usage: %s DIR store|raw|fsync|stream SIZE WRITERS "
-                "COUNT [PREFILL_DELETE]\n",
+                "usage: %s DIR store|raw|fsync|stream|vault|seal|cipher "
+                "SIZE WRITERS COUNT [PREFILL_DELETE]\n",
                 argv[0]);
         return 2;
     }
@@ -504,13 +536,22 @@ main(int argc, char **argv)
         mkdir(q, 0700);
         free(q);
     } else if (strcmp(bench_mode, "vault") == 0 ||
-               strcmp(bench_mode, "seal") == 0) {
+               strcmp(bench_mode, "seal") == 0 ||
+               strcmp(bench_mode, "cipher") == 0) {
         uint8_t sk[32];
 
         crypto_box_keypair(bench_pk, sk);
         sodium_memzero(sk, sizeof(sk));
     } else if (strcmp(bench_mode, "stream") != 0) {
-        bench_die("mode", "store, raw, fsync, stream, vault or seal");
+        bench_die("mode", "store, raw, fsync, stream, vault, seal or cipher");
+    }
+    if (strcmp(bench_mode, "cipher") == 0) {
+        if (bench_count < 10 * bench_writers)
+            bench_die("arguments", "cipher needs COUNT >= 10 x WRITERS");
+        bench_cipher();
+        bench_rmtree(bench_dir);
+        free(bench_body);
+        return 0;
     }
 
     t0 = bench_now();
