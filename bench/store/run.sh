@@ -37,6 +37,9 @@ for r in $(seq "$RUNS"); do
             "$BIN" "$DIR" $mode $size 32 "$(count $size 32)" "$(churn $size)" >>"$OUT"
         done
     done
+    for mode in store raw; do   # a grown store: 1 GiB kept, no deletions
+        "$BIN" "$DIR" $mode 1048576 32 "$(count 1048576 32)" 1000 keep >>"$OUT"
+    done
     for size in 4096 65536 1048576; do   # stream, vault, seal taking turns
         n=$(( 200000000 / size )); [ $n -gt 10000 ] && n=10000
         "$BIN" "$DIR" cipher $size 1 $n >>"$OUT"
@@ -51,7 +54,8 @@ import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     f = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-    key = (f["mode"], int(f["size"]), int(f["writers"]), "steady" in f)
+    state = True if "steady" in f else "grown" if "grown" in f else False
+    key = (f["mode"], int(f["size"]), int(f["writers"]), state)
     rows.setdefault(key, []).append(float(f["msgs/s"]))
 def m(mode, size, w, steady=False):
     v = rows.get((mode, size, w, steady))
@@ -79,6 +83,10 @@ for size in (4096, 65536, 1048576):
     k = lambda mode: (mode, size, 32, True)
     print("  %7d B: store %.1f/s raw %.1f/s -> %s" % (size, m("store", size, 32, True),
           m("raw", size, 32, True), fmt(ratio(k("store"), k("raw")))))
+k = lambda mode: (mode, 1048576, 32, "grown")
+print("grown store (1 GiB kept, no deletions) 1 MiB x32: store %.1f/s raw %.1f/s -> %s"
+      % (m("store", 1048576, 32, "grown"), m("raw", 1048576, 32, "grown"),
+         fmt(ratio(k("store"), k("raw")))))
 # the vault's path per message: one crypto_box_seal (the message key) and
 # the chunks; at 4 KiB the seal is nearly all of it
 print("encryption path (vault, one thread) against bare secretstream, in turn:")

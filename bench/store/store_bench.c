@@ -2,7 +2,7 @@
  * bench/store/store_bench.c -- stored messages per second through the
  * real store, next to its baselines, in one process and one run.
  *
- *   mg-store-bench DIR MODE SIZE WRITERS COUNT [PREFILL_DELETE]
+ *   mg-store-bench DIR MODE SIZE WRITERS COUNT [PREFILL [keep]]
  *
  *   store   the daemon's path: per message a writer (vault encryption in
  *           the calling thread, chunks of MG_VAULT_CHUNK) and a publishing
@@ -24,8 +24,9 @@
  *
  * WRITERS threads each store COUNT/WRITERS messages and wait for each
  * one's durable completion before the next, like SMTP sessions. With
- * PREFILL_DELETE > 0 the store first takes and deletes that many messages
- * (steady state: freed pages being reused). Prints one line:
+ * PREFILL > 0 the store first takes and deletes that many messages
+ * (steady state: freed pages being reused), or with "keep" takes and
+ * keeps them (a grown store). Prints one line:
  *   mode=store size=65536 writers=32 msgs=2000 secs=1.234 msgs/s=... MB/s=...
  * DIR is emptied first. Not a test: run it from bench/store/run.sh.
  */
@@ -475,7 +476,7 @@ bench_del_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 /* Fill with `n` messages and delete them all: the run that follows
  * reuses freed pages, as a gateway does once archivers drain it. */
 static void
-bench_churn(uint64_t n)
+bench_churn(uint64_t n, bool keep)
 {
     uint64_t first = bench_next_id;
     const char *mode = bench_mode;
@@ -489,6 +490,8 @@ bench_churn(uint64_t n)
     del.first = first;
     del.n = n;
     del.op.apply = bench_del_apply;
+    if (keep)
+        del.n = 0;
     if (mg_store_run(bench_store, &del.op) != MG_OK)
         bench_die("delete", del.op.error);
     bench_mode = mode;
@@ -499,13 +502,14 @@ int
 main(int argc, char **argv)
 {
     uint64_t prefill = 0;
+    bool keep = false;
     const char *err = NULL;
     double t0, secs;
 
     if (argc < 6) {
         fprintf(stderr,
                 "usage: %s DIR store|raw|fsync|stream|vault|seal|cipher "
-                "SIZE WRITERS COUNT [PREFILL_DELETE]\n",
+                "SIZE WRITERS COUNT [PREFILL [keep]]\n",
                 argv[0]);
         return 2;
     }
@@ -516,6 +520,8 @@ main(int argc, char **argv)
     bench_count = (unsigned)strtoul(argv[5], NULL, 10);
     if (argc > 6)
         prefill = strtoull(argv[6], NULL, 10);
+    if (argc > 7)
+        keep = strcmp(argv[7], "keep") == 0;
     if (bench_writers == 0 || bench_count < bench_writers)
         bench_die("arguments", "need WRITERS >= 1 and COUNT >= WRITERS");
     mg_log_setup("mg-store-bench", MG_LOG_WARNING, MG_LOGT_STDERR);
@@ -529,7 +535,7 @@ main(int argc, char **argv)
     if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0) {
         bench_prepare(prefill);
         if (prefill > 0)
-            bench_churn(prefill);
+            bench_churn(prefill, keep);
     } else if (strcmp(bench_mode, "fsync") == 0) {
         char *q = mg_xasprintf("%s/store", bench_dir);
 
@@ -560,7 +566,10 @@ main(int argc, char **argv)
     printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
            "MB/s=%.1f\n",
            bench_mode, bench_size, bench_writers, bench_count,
-           prefill > 0 ? " steady=1" : "", secs, bench_count / secs,
+           prefill == 0 ? ""
+           : keep       ? " grown=1"
+                        : " steady=1",
+           secs, bench_count / secs,
            (double)bench_count * (double)bench_size / secs / 1e6);
     if (bench_store != NULL)
         mg_store_close(bench_store);
