@@ -26,11 +26,17 @@
 #include "store.h"
 
 /* 2: counters in their own database, chunks sized to whole pages */
-#define STORE_FORMAT       2
-#define STORE_MAP_DEFAULT  (64ULL << 30)
-#define STORE_RESERVE_DEF  (64ULL << 20)
-#define STORE_BATCH_OPS    256
-#define STORE_BATCH_BYTES  (64U << 20)
+#define STORE_FORMAT      2
+#define STORE_MAP_DEFAULT (64ULL << 30)
+#define STORE_RESERVE_DEF (64ULL << 20)
+#define STORE_BATCH_OPS   256
+/* Bytes per commit at most. Measured with 32 writers of 1 MiB messages:
+ * 4 MiB batches commit about twice the bytes per second of 64 MiB ones
+ * (LMDB's dirty pages are fresh memory, faulted in and copied out again:
+ * a big batch pays that at memory speed, with lock contention on the
+ * address space, a small one mostly in the CPU's cache). Small messages
+ * never reach it: 256 ops of 4 KiB are 1 MiB. */
+#define STORE_BATCH_BYTES  (4U << 20)
 #define STORE_MAXREADERS   126
 #define STORE_ERRBUF_LEN   256
 #define STORE_UNSAFE_FLAGS (MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP)
@@ -39,6 +45,7 @@ struct mg_store {
     char *dir;
     uint64_t map_size; /* as configured (the env may round it) */
     uint64_t reserve;  /* configured, before the 10 % cap */
+    unsigned batch_ops;
     bool read_only;
     char epoch[17];
 
@@ -677,7 +684,7 @@ store_writer(void *arg)
         batch = last = st->head;
         nops = 1;
         bytes = batch->bytes;
-        while (last->next != NULL && nops < STORE_BATCH_OPS &&
+        while (last->next != NULL && nops < st->batch_ops &&
                bytes + last->next->bytes <= STORE_BATCH_BYTES) {
             last = last->next;
             bytes += last->bytes;
@@ -800,6 +807,7 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
     st->dir = mg_xstrdup(cfg->dir);
     st->map_size = cfg->map_size ? cfg->map_size : STORE_MAP_DEFAULT;
     st->reserve = cfg->reserve;
+    st->batch_ops = cfg->batch_ops ? cfg->batch_ops : STORE_BATCH_OPS;
     st->read_only = cfg->read_only;
     pthread_rwlock_init(&st->envlock, NULL);
     pthread_mutex_init(&st->qlock, NULL);

@@ -207,12 +207,14 @@ bool mg_mailbox_id_valid(const char *id);
 
 /** How to open the store. */
 struct mg_store_config {
-    const char *dir;   /* <data_dir>/store, created 0700 */
-    uint64_t map_size; /* bytes; sparse; default 64 GiB */
-    uint64_t reserve;  /* bytes kept free for deletions; default 64 MiB */
-    bool read_only;    /* tools that only read */
-    bool recover;      /* clean up after a crash: only the process that
-                          holds the data directory lock (the daemon) */
+    const char *dir;    /* <data_dir>/store, created 0700 */
+    uint64_t map_size;  /* bytes; sparse; default 64 GiB */
+    uint64_t reserve;   /* bytes kept free for deletions; default 64 MiB */
+    bool read_only;     /* tools that only read */
+    bool recover;       /* clean up after a crash: only the process that
+                           holds the data directory lock (the daemon) */
+    unsigned batch_ops; /* ops per commit at most; 0: 256 (1: no group
+                           commit, for the benchmark's baseline) */
 };
 
 struct mg_store;

@@ -9,6 +9,9 @@
  *           commit, through the writer thread's group commit
  *   raw     the same writer thread and batching, one op per message that
  *           puts SIZE unencrypted bytes (LMDB's ceiling with our batching)
+ *   commit  like raw, but every message is a commit of its own (the writer
+ *           thread without group commit: one durable LMDB commit per
+ *           message, unencrypted)
  *   fsync   one new file per message in the store's own directory (same
  *           file system, next to data.mdb), written and fsync'd, then the
  *           directory fsync'd (a queue file per message, Postfix style)
@@ -328,12 +331,13 @@ static void *
 bench_thread(void *arg)
 {
     unsigned n = (unsigned)(uintptr_t)arg;
-    void (*one)(void) = strcmp(bench_mode, "store") == 0   ? bench_store_one
-                        : strcmp(bench_mode, "raw") == 0   ? bench_raw_one
-                        : strcmp(bench_mode, "fsync") == 0 ? bench_fsync_one
-                        : strcmp(bench_mode, "vault") == 0 ? bench_vault_one
-                        : strcmp(bench_mode, "seal") == 0  ? bench_seal_one
-                                                           : bench_stream_one;
+    void (*one)(void) = strcmp(bench_mode, "store") == 0    ? bench_store_one
+                        : strcmp(bench_mode, "raw") == 0    ? bench_raw_one
+                        : strcmp(bench_mode, "commit") == 0 ? bench_raw_one
+                        : strcmp(bench_mode, "fsync") == 0  ? bench_fsync_one
+                        : strcmp(bench_mode, "vault") == 0  ? bench_vault_one
+                        : strcmp(bench_mode, "seal") == 0   ? bench_seal_one
+                                                            : bench_stream_one;
 
     for (unsigned i = 0; i < n; i++)
         one();
@@ -392,6 +396,9 @@ static void
 bench_open_store(void)
 {
     struct mg_store_config cfg = {.map_size = 64ULL << 30, .recover = true};
+
+    if (strcmp(bench_mode, "commit") == 0)
+        cfg.batch_ops = 1;
     const char *err = NULL;
     char *dir = mg_xasprintf("%s/store", bench_dir);
 
@@ -508,7 +515,7 @@ main(int argc, char **argv)
 
     if (argc < 6) {
         fprintf(stderr,
-                "usage: %s DIR store|raw|fsync|stream|vault|seal|cipher "
+                "usage: %s DIR store|raw|commit|fsync|stream|vault|seal|cipher "
                 "SIZE WRITERS COUNT [PREFILL [keep]]\n",
                 argv[0]);
         return 2;
@@ -532,7 +539,8 @@ main(int argc, char **argv)
         bench_die(bench_dir, strerror(errno));
     bench_body = mg_xmalloc(bench_size ? bench_size : 1);
     randombytes_buf(bench_body, bench_size);
-    if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0) {
+    if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0 ||
+        strcmp(bench_mode, "commit") == 0) {
         bench_prepare(prefill);
         if (prefill > 0)
             bench_churn(prefill, keep);
@@ -549,7 +557,8 @@ main(int argc, char **argv)
         crypto_box_keypair(bench_pk, sk);
         sodium_memzero(sk, sizeof(sk));
     } else if (strcmp(bench_mode, "stream") != 0) {
-        bench_die("mode", "store, raw, fsync, stream, vault, seal or cipher");
+        bench_die("mode",
+                  "store, raw, commit, fsync, stream, vault, seal or cipher");
     }
     if (strcmp(bench_mode, "cipher") == 0) {
         if (bench_count < 10 * bench_writers)
