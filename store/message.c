@@ -737,6 +737,15 @@ mg_store_writer_write(struct mg_store_writer *w, const void *data, size_t len)
             msg_hold(w, MSG_OP_CHUNK, w->plain, w->plen, false);
             w->plen = 0;
         }
+        if (w->plen == 0 && len > MG_VAULT_CHUNK) {
+            /* a whole chunk with more bytes after it in this call cannot
+             * be the last: encrypted from the caller's buffer, no copy */
+            msg_hold(w, MSG_OP_CHUNK, p, MG_VAULT_CHUNK, false);
+            w->size += MG_VAULT_CHUNK;
+            p += MG_VAULT_CHUNK;
+            len -= MG_VAULT_CHUNK;
+            continue;
+        }
         take = MG_VAULT_CHUNK - w->plen;
         if (take > len)
             take = len;

@@ -21,9 +21,9 @@
  *   vault   the store's encryption path alone (mg_vault_enc_begin: key,
  *           crypto_box_seal; then the chunks), in memory
  *   seal    crypto_box_seal of a 32-byte key (SIZE ignored)
- *   cipher  stream, vault and seal (500 per round) in turn, ten rounds of
- *           COUNT/10 messages each, so that all three see the same load;
- *           prints a line for each
+ *   cipher  stream, vault and seal (5000) taking turns in ten rounds, so
+ *           that all three see the same load; prints a line for each
+ *   pair    store and raw taking turns the same way (COUNT each)
  *
  * WRITERS threads each store COUNT/WRITERS messages and wait for each
  * one's durable completion before the next, like SMTP sessions. With
@@ -361,17 +361,19 @@ bench_run_threads(unsigned total)
     free(th);
 }
 
-/* stream, vault and seal taking turns (mode cipher). */
+/* Modes taking turns, ten rounds of a tenth of `counts[k]` each, so that
+ * they see the same load (this machine's neighbours come and go within
+ * seconds); one line for each. */
 static void
-bench_cipher(void)
+bench_turns(const char *const *kinds, size_t nk, const unsigned *counts,
+            const char *tag)
 {
-    static const char *const kinds[] = {"stream", "vault", "seal"};
-    double secs[3] = {0, 0, 0};
-    unsigned per = bench_count / 10, n[3] = {0, 0, 0};
+    double secs[4] = {0, 0, 0, 0};
+    unsigned n[4] = {0, 0, 0, 0};
 
     for (int r = 0; r < 10; r++) {
-        for (int k = 0; k < 3; k++) {
-            unsigned count = k == 2 ? 500 : per;
+        for (size_t k = 0; k < nk; k++) {
+            unsigned count = counts[k] / 10;
             double t0 = bench_now();
 
             bench_mode = kinds[k];
@@ -380,13 +382,13 @@ bench_cipher(void)
             n[k] += count;
         }
     }
-    for (int k = 0; k < 3; k++) {
-        size_t size = k == 2 ? 0 : bench_size;
+    for (size_t k = 0; k < nk; k++) {
+        size_t size = strcmp(kinds[k], "seal") == 0 ? 0 : bench_size;
 
-        printf("mode=%s size=%zu writers=%u msgs=%u secs=%.3f msgs/s=%.1f "
+        printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
                "MB/s=%.1f\n",
-               kinds[k], size, bench_writers, n[k], secs[k], n[k] / secs[k],
-               (double)n[k] * (double)size / secs[k] / 1e6);
+               kinds[k], size, bench_writers, n[k], tag, secs[k],
+               n[k] / secs[k], (double)n[k] * (double)size / secs[k] / 1e6);
     }
 }
 
@@ -451,7 +453,8 @@ bench_prepare(uint64_t prefill_delete)
     m.nwraps = 1;
     memset(&setup, 0, sizeof(setup));
     setup.m = &m;
-    setup.nids = bench_count + prefill_delete + 16;
+    setup.nids =
+        2 * (uint64_t)bench_count + prefill_delete + 16; /* pair: two modes */
     setup.op.apply = bench_setup_apply;
     if (mg_store_run(bench_store, &setup.op) != MG_OK)
         bench_die("set-up", setup.op.error);
@@ -514,10 +517,11 @@ main(int argc, char **argv)
     double t0, secs;
 
     if (argc < 6) {
-        fprintf(stderr,
-                "usage: %s DIR store|raw|commit|fsync|stream|vault|seal|cipher "
-                "SIZE WRITERS COUNT [PREFILL [keep]]\n",
-                argv[0]);
+        fprintf(
+            stderr,
+            "usage: %s DIR store|raw|pair|commit|fsync|stream|vault|seal|cipher "
+            "SIZE WRITERS COUNT [PREFILL [keep]]\n",
+            argv[0]);
         return 2;
     }
     bench_dir = argv[1];
@@ -540,7 +544,7 @@ main(int argc, char **argv)
     bench_body = mg_xmalloc(bench_size ? bench_size : 1);
     randombytes_buf(bench_body, bench_size);
     if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0 ||
-        strcmp(bench_mode, "commit") == 0) {
+        strcmp(bench_mode, "commit") == 0 || strcmp(bench_mode, "pair") == 0) {
         bench_prepare(prefill);
         if (prefill > 0)
             bench_churn(prefill, keep);
@@ -557,13 +561,23 @@ main(int argc, char **argv)
         crypto_box_keypair(bench_pk, sk);
         sodium_memzero(sk, sizeof(sk));
     } else if (strcmp(bench_mode, "stream") != 0) {
-        bench_die("mode",
-                  "store, raw, commit, fsync, stream, vault, seal or cipher");
+        bench_die("mode", "store, raw, commit, fsync, stream, vault, seal, "
+                          "cipher or pair");
     }
-    if (strcmp(bench_mode, "cipher") == 0) {
+    if (strcmp(bench_mode, "cipher") == 0 || strcmp(bench_mode, "pair") == 0) {
+        static const char *const cipher[] = {"stream", "vault", "seal"};
+        static const char *const pair[] = {"store", "raw"};
+        unsigned counts[] = {bench_count, bench_count, 5000};
+        bool is_pair = strcmp(bench_mode, "pair") == 0;
+
         if (bench_count < 10 * bench_writers)
-            bench_die("arguments", "cipher needs COUNT >= 10 x WRITERS");
-        bench_cipher();
+            bench_die("arguments", "turns need COUNT >= 10 x WRITERS");
+        bench_turns(is_pair ? pair : cipher, is_pair ? 2 : 3, counts,
+                    prefill == 0 ? ""
+                    : keep       ? " grown=1"
+                                 : " steady=1");
+        if (bench_store != NULL)
+            mg_store_close(bench_store);
         bench_rmtree(bench_dir);
         free(bench_body);
         return 0;
