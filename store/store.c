@@ -64,9 +64,18 @@ struct mg_store {
     pthread_t writer;
 };
 
-/* mg_store_run's waiters: one condition for all, each checks its own op */
+/* mg_store_run's waiters, each with its own condition: a completion
+ * wakes the one thread that waits for it (a shared condition broadcast
+ * woke every waiter for every op: with 32 of them, 16 wake-ups of 32
+ * threads per batch on the writer thread) */
+struct store_run_waiter {
+    struct mg_store_op *op;
+    pthread_cond_t cond;
+    bool done;
+    struct store_run_waiter *next;
+};
 static pthread_mutex_t store_run_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t store_run_cond = PTHREAD_COND_INITIALIZER;
+static struct store_run_waiter *store_run_waiters;
 
 static _Thread_local char store_errbuf[4][STORE_ERRBUF_LEN];
 static _Thread_local unsigned store_errnext;
@@ -737,20 +746,38 @@ static void
 store_run_complete(struct mg_store_op *op)
 {
     pthread_mutex_lock(&store_run_lock);
-    op->complete = NULL; /* done: the waiter may return */
-    pthread_cond_broadcast(&store_run_cond);
+    for (struct store_run_waiter *w = store_run_waiters; w != NULL;
+         w = w->next) {
+        if (w->op == op) {
+            w->done = true;
+            pthread_cond_signal(&w->cond);
+            break;
+        }
+    }
     pthread_mutex_unlock(&store_run_lock);
 }
 
 int
 mg_store_run(struct mg_store *st, struct mg_store_op *op)
 {
+    struct store_run_waiter w = {.op = op};
+    struct store_run_waiter **pp;
+
+    pthread_cond_init(&w.cond, NULL);
+    pthread_mutex_lock(&store_run_lock);
+    w.next = store_run_waiters;
+    store_run_waiters = &w;
+    pthread_mutex_unlock(&store_run_lock);
     op->complete = store_run_complete;
     mg_store_submit(st, op);
     pthread_mutex_lock(&store_run_lock);
-    while (op->complete != NULL)
-        pthread_cond_wait(&store_run_cond, &store_run_lock);
+    while (!w.done)
+        pthread_cond_wait(&w.cond, &store_run_lock);
+    for (pp = &store_run_waiters; *pp != &w; pp = &(*pp)->next)
+        ;
+    *pp = w.next;
     pthread_mutex_unlock(&store_run_lock);
+    pthread_cond_destroy(&w.cond);
     return op->status;
 }
 
