@@ -61,11 +61,11 @@ record_trace(struct proxy_session *s)
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
     n = snprintf(s->wbuf, RECORD_PIECE,
                  "Received: from %s (%s)\r\n\tby %s with POP3S (mailgate "
-                 "proxy%s%s)\r\n\tid %s%s; %s\r\n",
+                 "proxy%s%s)%s%s;\r\n\t%s\r\n",
                  s->login.host, up != NULL ? up->addr : "?", s->st->hostname,
                  up != NULL && up->tls_version ? " " : "",
                  up != NULL && up->tls_version ? up->tls_version : "",
-                 uidl != NULL ? "" : "msg-", uidl != NULL ? uidl : "?", date);
+                 uidl != NULL ? " id " : "", uidl != NULL ? uidl : "", date);
     s->wlen = n > 0 && n < RECORD_PIECE ? (size_t)n : 0;
 }
 
