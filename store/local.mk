@@ -7,6 +7,8 @@ libmgstore_la_SOURCES = \
 	store/store.c \
 	store/records.c \
 	store/message.c \
+	store/dedup.h \
+	store/dedup.c \
 	store/module_api.c
 libmgstore_la_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(SODIUM_CFLAGS) \
 	$(LMDB_CFLAGS) $(LIBCONFIG_CFLAGS)

@@ -15,6 +15,7 @@
 
 #include <mailgate/store.h>
 
+#include "dedup.h"
 #include "store.h"
 
 #define MA_ID_BLOCK 1024 /* ids reserved per durable write */
@@ -748,6 +749,8 @@ static const struct mg_store_api ma_api = {
     .msg_read = ma_msg_read,
     .msg_close = ma_msg_close,
     .msg_id = ma_msg_id,
+    .dedup_get = mg_dedup_api_get,
+    .dedup_put = mg_dedup_api_put,
 };
 
 int
@@ -771,6 +774,7 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
     free(dir);
     if (r != MG_OK)
         return MG_ERROR;
+    mg_dedup_api_init(ma_store);
     /* the first block of ids before the loop runs; later ones ahead */
     memset(&ma_ids.op, 0, sizeof(ma_ids.op));
     ma_ids.op.apply = ma_ids_apply;
@@ -810,4 +814,5 @@ mg_store_api_close(void)
         return;
     mg_store_close(ma_store);
     ma_store = NULL;
+    mg_dedup_api_init(NULL);
 }

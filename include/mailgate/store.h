@@ -141,6 +141,21 @@ struct mg_store_api {
      * message.stored. MG_DECLINED past the last copy. */
     int (*msg_id)(const struct mg_msg_writer *w, size_t i, uint64_t *id_r,
                   char uidl_r[40]);
+
+    /** The proxy's de-duplication index: the message already recorded
+     * for (mailbox, upstream "host:port", remote user, upstream UIDL).
+     * A short read transaction. MG_OK with *msg_id_r; MG_DECLINED: none
+     * (the message may since have been deleted from the mailbox: it was
+     * recorded all the same). */
+    int (*dedup_get)(const char *mailbox_id, const char *upstream,
+                     const char *user, const char *uidl, uint64_t *msg_id_r,
+                     const char **error_r);
+    /** Add an entry in one durable transaction (after the message's own
+     * commit: a crash in between records the message again next time,
+     * never loses it); `done` on the loop once it is on disk. */
+    int (*dedup_put)(const char *mailbox_id, const char *upstream,
+                     const char *user, const char *uidl, uint64_t msg_id,
+                     uint64_t conn_id, mg_store_done_fn done, void *arg);
 };
 
 #endif /* MG_STORE_H */

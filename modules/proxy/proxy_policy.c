@@ -1,0 +1,133 @@
+/*
+ * modules/proxy/proxy_policy.c -- which upstream a session may reach.
+ *
+ * Checked on the resolved address (the connect filter), so a name that
+ * resolves to a loopback, link-local, private or own address is refused
+ * like the address itself. `allow_targets` opens refused addresses; a
+ * mailbox's own target list narrows the targets it may record from.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy.h"
+
+void
+proxy_policy_mailbox(struct proxy_policy *p, char *const *targets, size_t n)
+{
+    p->mbox = calloc(n + 1, sizeof(*p->mbox));
+    if (p->mbox == NULL)
+        abort();
+    p->nmbox = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *why = NULL;
+
+        if (proxy_rule_parse(targets[i], &p->mbox[p->nmbox], &why) == 0)
+            p->nmbox++;
+    }
+    p->had_mbox = n > 0; /* a list that parses to nothing refuses all */
+}
+
+void
+proxy_policy_free(struct proxy_policy *p)
+{
+    free(p->mbox);
+    p->mbox = NULL;
+    p->nmbox = 0;
+}
+
+static bool
+policy_any_name(const struct proxy_rule *r, size_t n, const char *host,
+                int port)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (proxy_rule_match_name(&r[i], host, port))
+            return true;
+    }
+    return false;
+}
+
+static bool
+policy_any_addr(const struct proxy_rule *r, size_t n, const struct sockaddr *sa)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (proxy_rule_match_addr(&r[i], sa))
+            return true;
+    }
+    return false;
+}
+
+int
+proxy_policy_precheck(struct proxy_policy *p)
+{
+    bool addr_rules = false;
+
+    if (!p->had_mbox)
+        return 0;
+    if (policy_any_name(p->mbox, p->nmbox, p->login->host, p->login->port))
+        return 0;
+    for (size_t i = 0; i < p->nmbox; i++)
+        addr_rules = addr_rules || p->mbox[i].family != 0;
+    if (addr_rules)
+        return 0;
+    snprintf(p->why, sizeof(p->why),
+             "%s is not among this mailbox's proxy targets",
+             p->login->upstream);
+    return -1;
+}
+
+static bool
+policy_own(const struct proxy_state *st, const struct sockaddr *sa)
+{
+    uint8_t a[16], b[16];
+    int pa, pb, fa = proxy_addr_bytes(sa, a, &pa);
+
+    for (size_t i = 0; i < st->nown; i++) {
+        int fb = proxy_addr_bytes((const struct sockaddr *)&st->own[i], b, &pb);
+
+        if (fa != 0 && fa == fb && memcmp(a, b, fa == AF_INET ? 4 : 16) == 0)
+            return true;
+    }
+    return false;
+}
+
+int
+proxy_policy_filter(struct proxy_policy *p, const struct sockaddr *sa,
+                    socklen_t len)
+{
+    const struct proxy_state *st = p->st;
+    const struct proxy_login *l = p->login;
+    const char *cls;
+    char text[INET6_ADDRSTRLEN] = "?";
+    uint8_t a[16];
+    int port, fam;
+
+    (void)len;
+    fam = proxy_addr_bytes(sa, a, &port);
+    if (fam == 0)
+        return MG_DECLINED;
+    (void)inet_ntop(fam, a, text, sizeof(text));
+    if (p->had_mbox && !policy_any_name(p->mbox, p->nmbox, l->host, l->port) &&
+        !policy_any_addr(p->mbox, p->nmbox, sa)) {
+        snprintf(p->why, sizeof(p->why),
+                 "%s (%s) is not among this mailbox's proxy targets",
+                 l->upstream, text);
+        return MG_DECLINED;
+    }
+    cls = proxy_addr_class(sa);
+    if (cls == NULL && policy_own(st, sa))
+        cls = "one of the gateway's own addresses";
+    if (cls == NULL)
+        return MG_OK;
+    if (policy_any_name(st->allow, st->nallow, l->host, l->port) ||
+        policy_any_addr(st->allow, st->nallow, sa))
+        return MG_OK;
+    snprintf(p->why, sizeof(p->why),
+             "target %s resolves to %s, %s: refused (see allow_targets)",
+             l->upstream, text, cls);
+    return MG_DECLINED;
+}
