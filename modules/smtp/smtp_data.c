@@ -12,6 +12,7 @@
  */
 #include "config.h"
 
+#include <stdint.h>
 #include <string.h>
 
 #include "smtp.h"
@@ -34,22 +35,36 @@ smtp_data_init(struct smtp_data *d)
     d->bytes = 0;
 }
 
+/* The index of the next c at or after i, or len. */
+static size_t
+smtp_data_next(const char *in, size_t i, size_t len, char c)
+{
+    const char *p = memchr(in + i, c, len - i);
+
+    return p != NULL ? (size_t)(p - in) : len;
+}
+
 size_t
 smtp_data_feed(struct smtp_data *d, const char *in, size_t len, char *out,
                size_t *outlen)
 {
     char *o = out + *outlen, *o0 = o;
     int st = d->state;
-    size_t i = 0;
+    size_t i = 0, ncr = SIZE_MAX, nlf = SIZE_MAX;
 
     while (i < len && st != SMTP_DATA_DONE) {
         switch (st) {
         case SMTP_DATA_TEXT: {
-            size_t j = i;
+            size_t j;
 
-            /* the common case: copy up to the next line end at once */
-            while (j < len && in[j] != '\r' && in[j] != '\n')
-                j++;
+            /* the common case: copy up to the next line end at once. The
+             * next CR and LF are found with memchr and remembered, so a
+             * buffer of bare-LF lines is not rescanned for a CR per line */
+            if (ncr == SIZE_MAX || ncr < i)
+                ncr = smtp_data_next(in, i, len, '\r');
+            if (nlf == SIZE_MAX || nlf < i)
+                nlf = smtp_data_next(in, i, len, '\n');
+            j = ncr < nlf ? ncr : nlf;
             memcpy(o, in + i, j - i);
             o += j - i;
             i = j;
