@@ -21,7 +21,7 @@ that are all already stored (the relay's own cost, with no recording).
 
 Output lines (key=value, scripts/med.py form), appended to --out:
   proxy target=T size=S msgs= seconds= login_ms= retr_seconds=
-        retr_msgs/s= retr_MB/s= left= recorded=
+        retr_msgs/s= retr_MB/s= left= [gw_cpu_ms/msg= recorded=]
 """
 import argparse
 import json
@@ -53,6 +53,14 @@ class Gateway:
         return json.loads(r.stdout)["messages"]
 
 
+def cpu_seconds(pid):
+    """utime + stime of a process, all its threads (the store's writer
+    and the worker pool included)."""
+    with open("/proc/%d/stat" % pid) as f:
+        t = f.read().rsplit(")", 1)[1].split()
+    return (int(t[11]) + int(t[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", required=True, help="copy of the peer harness")
@@ -65,6 +73,7 @@ def main():
     ap.add_argument("--conf", required=True, help="mailgate.conf")
     ap.add_argument("--upstream", required=True,
                     help="the proxy login's target_server, e.g. localhost:1110")
+    ap.add_argument("--gw-pid", type=int, help="mailgated (CPU time per message)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     h = harness(a.peers)
@@ -98,8 +107,10 @@ def main():
                     subprocess.run([bench, "127.0.0.1", str(port), user, "secret",
                                     mode, "keep"], capture_output=True, check=True,
                                    timeout=600)
+                cpu0 = cpu_seconds(a.gw_pid) if is_gw and a.gw_pid else None
                 p = subprocess.run([bench, "127.0.0.1", str(port), user, "secret", mode],
                                    capture_output=True, text=True, timeout=600)
+                cpu = cpu_seconds(a.gw_pid) - cpu0 if cpu0 is not None else None
                 res = p.stdout.strip()
                 left = len(os.listdir(md + "/new")) + len(os.listdir(md + "/cur"))
                 if not res:
@@ -112,6 +123,8 @@ def main():
                         % (name, a.size, f["msgs"], f["seconds"], f["login_ms"],
                            retr, int(f["msgs"]) / retr,
                            int(f["bytes"]) / retr / 1e6, left))
+                if cpu is not None:
+                    line += " gw_cpu_ms/msg=%.3f" % (cpu * 1e3 / int(f["msgs"]))
                 if is_gw:
                     line += " recorded=%d" % gw.count(box)
                 emit(line)

@@ -88,7 +88,7 @@ fi
 /usr/bin/python3 "$top/bench/proxy/drive.py" --peers "$WORK/peers" --runs "$RUNS" --n "$N" \
     --targets "$TARGETS" \
     --ctl "$PREFIX/sbin/mailgatectl" --conf "$WORK/mailgate.conf" \
-    --upstream "$UPSTREAM" --out "$RAW" >&2
+    --upstream "$UPSTREAM" --gw-pid "$GW" --out "$RAW" >&2
 if [ -n "${PERF:-}" ]; then
     kill -INT "$PERFPID"
     wait "$PERFPID" || true
