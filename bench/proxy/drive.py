@@ -19,14 +19,20 @@ target named *-relay is a diagnostic: a first, untimed pass (RETR
 without DELE) records every message, so the timed pass relays messages
 that are all already stored (the relay's own cost, with no recording).
 
+With --store-bench, every run also times the store alone (mg-store-bench
+store mode, one writer, N messages, each waiting for its durable commit):
+the ceiling of recording at one session, target store-c1.
+
 Output lines (key=value, scripts/med.py form), appended to --out:
-  proxy target=T size=S msgs= seconds= login_ms= retr_seconds=
+  proxy run=R target=T size=S msgs= seconds= login_ms= retr_seconds=
         retr_msgs/s= retr_MB/s= left= [gw_cpu_ms/msg= recorded=]
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 
 
@@ -74,6 +80,8 @@ def main():
     ap.add_argument("--upstream", required=True,
                     help="the proxy login's target_server, e.g. localhost:1110")
     ap.add_argument("--gw-pid", type=int, help="mailgated (CPU time per message)")
+    ap.add_argument("--store-bench", help="mg-store-bench: the store alone, "
+                    "one writer, N messages, once per run (the commit ceiling)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     h = harness(a.peers)
@@ -95,6 +103,14 @@ def main():
 
         for r in range(a.runs):
             print("# run %d" % (r + 1), file=sys.stderr, flush=True)
+            if a.store_bench:
+                d = tempfile.mkdtemp(dir="/var/tmp", prefix="mg-proxy-store-")
+                p = subprocess.run([a.store_bench, d + "/s", "store", str(a.size), "1",
+                                    str(a.n)], capture_output=True, text=True, check=True)
+                shutil.rmtree(d)
+                f = dict(x.split("=", 1) for x in p.stdout.split() if "=" in x)
+                emit("proxy run=%d target=store-c1 size=%d msgs=%s retr_msgs/s=%s"
+                     % (r + 1, a.size, f["msgs"], f["msgs/s"]))
             for name, port, mode, is_gw in targets:
                 user, box = "popbench", None
                 if is_gw:
@@ -114,13 +130,14 @@ def main():
                 res = p.stdout.strip()
                 left = len(os.listdir(md + "/new")) + len(os.listdir(md + "/cur"))
                 if not res:
-                    emit("proxy target=%s size=%d FAILED %r" % (name, a.size, p.stderr[:200]))
+                    emit("proxy run=%d target=%s size=%d FAILED %r"
+                         % (r + 1, name, a.size, p.stderr[:200]))
                     continue
                 f = dict(x.split("=", 1) for x in res.split() if "=" in x)
                 retr = float(f["seconds"]) - float(f["login_ms"]) / 1e3
-                line = ("proxy target=%s size=%d msgs=%s seconds=%s login_ms=%s "
+                line = ("proxy run=%d target=%s size=%d msgs=%s seconds=%s login_ms=%s "
                         "retr_seconds=%.3f retr_msgs/s=%.0f retr_MB/s=%.1f left=%d"
-                        % (name, a.size, f["msgs"], f["seconds"], f["login_ms"],
+                        % (r + 1, name, a.size, f["msgs"], f["seconds"], f["login_ms"],
                            retr, int(f["msgs"]) / retr,
                            int(f["bytes"]) / retr / 1e6, left))
                 if cpu is not None:

@@ -79,6 +79,8 @@ for _ in $(seq 50); do
 done
 
 RAW=$WORK/proxy.raw
+STORE_BENCH=${STORE_BENCH:-$top/build/bench/store/mg-store-bench}
+[ -x "$STORE_BENCH" ] || STORE_BENCH=
 TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,proxy-tls=$POP3S_PORT:tls,proxy-relay=$POP3_PORT}
 # PERF=FILE: a CPU profile of mailgated over the whole drive (perf record -g)
 if [ -n "${PERF:-}" ]; then
@@ -88,49 +90,57 @@ fi
 /usr/bin/python3 "$top/bench/proxy/drive.py" --peers "$WORK/peers" --runs "$RUNS" --n "$N" \
     --targets "$TARGETS" \
     --ctl "$PREFIX/sbin/mailgatectl" --conf "$WORK/mailgate.conf" \
-    --upstream "$UPSTREAM" --gw-pid "$GW" --out "$RAW" >&2
+    --upstream "$UPSTREAM" --gw-pid "$GW" --out "$RAW" \
+    ${STORE_BENCH:+--store-bench "$STORE_BENCH"} >&2
 if [ -n "${PERF:-}" ]; then
     kill -INT "$PERFPID"
     wait "$PERFPID" || true
 fi
 RSS=$(awk '/VmHWM/{print $2}' "/proc/$GW/status")
-/usr/bin/python3 scripts/med.py <"$RAW"
 echo "mailgated peak RSS: ${RSS} kB"
 if grep -qi "error\|warn" "$WORK/mailgated.log"; then
     echo "mailgated log:"; tail -20 "$WORK/mailgated.log"
 fi
 /usr/bin/python3 - "$RAW" "$N" <<'PY'
 import statistics, sys
-rows = {}
 n = int(sys.argv[2])
-bad = 0
+runs, bad = {}, 0
 for line in open(sys.argv[1]):
     t = line.split()
-    if not t or "FAILED" in t:
-        bad += 1
+    if not t:
         continue
     f = dict(x.split("=", 1) for x in t[1:] if "=" in x)
-    if f.get("left") != "0" or f.get("recorded", str(n)) != str(n):
+    if "FAILED" in t or f.get("left", "0") != "0" or f.get("recorded", str(n)) != str(n):
         bad += 1
-    rows.setdefault(f["target"], []).append(float(f["retr_msgs/s"]))
-med = {t: statistics.median(v) for t, v in rows.items()}
-print("retrieval excluding login (STAT..QUIT), medians of %d runs:" %
-      max(len(v) for v in rows.values()))
-for t, v in med.items():
-    print("  %-13s %6.0f msgs/s  (%s)" % (t, v, " ".join("%.0f" % x for x in rows[t])))
-def ratio(a, b, target):
-    if a not in med or b not in med:
+        continue
+    runs.setdefault(f["run"], {})[f["target"]] = float(f["retr_msgs/s"])
+targets = []
+for r in runs.values():
+    targets += [t for t in r if t not in targets]
+print("retrieval excluding login (STAT..QUIT), msgs/s, median of %d runs (each run):" % len(runs))
+for t in targets:
+    v = [r[t] for r in runs.values() if t in r]
+    print("  %-13s %6.0f  (%s)" % (t, statistics.median(v), " ".join("%.0f" % x for x in v)))
+def ratio(a, b, target=None):
+    v = [r[a] / r[b] for r in runs.values() if a in r and b in r]
+    if not v:
         return
-    r = med[a] / med[b]
-    print("  %-9s / %-12s = %4.2fx  (target >= %.1fx)%s" %
-          (a, b, r, target, "" if r >= target else "  MISSED"))
-print("targets (the proxy records every message):")
+    m = statistics.median(v)
+    goal = "" if target is None else "  (target >= %.1fx)%s" % (
+        target, "" if m >= target else "  MISSED")
+    print("  %-11s / %-12s = %4.2fx  [%s]%s" % (a, b, m, " ".join("%.2f" % x for x in v), goal))
+print("ratios, median of the per-run ratios [each run]; the proxy records every message:")
 ratio("proxy", "nginx-nd", 0.9)
 ratio("proxy-tls", "nginx-nd-tls", 0.9)
 ratio("proxy-tls", "dovecot-tls", 0.8)
 ratio("proxy", "dovecot-tls", 0.8)
-if "proxy-relay" in med and "nginx-nd" in med:
-    print("diagnostic: proxy-relay (every message already stored: relay alone) / nginx-nd = %.2fx"
-          % (med["proxy-relay"] / med["nginx-nd"]))
+print("diagnostics:")
+ratio("proxy-relay", "nginx-nd")
+ratio("proxy-relay", "dovecot-tls")
+ratio("proxy", "store-c1")
+v = [1 / (1 / r["proxy-relay"] + 1 / r["store-c1"]) / r["proxy"]
+     for r in runs.values() if "proxy-relay" in r and "store-c1" in r and "proxy" in r]
+if v:
+    print("  proxy / (relay and store-c1 in series) = %4.2fx" % statistics.median(v))
 print("sessions that failed, left messages upstream or recorded fewer than %d: %d" % (n, bad))
 PY
