@@ -117,6 +117,9 @@ struct mg_store_writer {
     size_t held_bytes;
     uint64_t size; /* body bytes accepted */
     enum msg_wstate state;
+    /* the proxy's de-duplication entry for copy 0, written in the commit's
+     * own transaction (mg_store_writer_dedup) */
+    char *dd_upstream, *dd_user, *dd_uidl;
 
     /* shared with the store's writer thread */
     pthread_mutex_t lock;
@@ -167,6 +170,9 @@ msg_writer_unref(struct mg_store_writer *w)
     free(w->hdr);
     free(w->ids);
     free(w->mailbox_ids);
+    free(w->dd_upstream);
+    free(w->dd_user);
+    free(w->dd_uidl);
     pthread_mutex_destroy(&w->lock);
     free(w);
 }
@@ -316,6 +322,12 @@ msg_apply_commit(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
         h.received = now;
         rc = mg_rec_msg_commit(st, txn, w->mailbox_ids[i], w->ids[i], &h,
                                o->publish, &error);
+        if (rc != MG_OK)
+            return msg_apply_fail(op, rc, error);
+    }
+    if (w->dd_uidl != NULL) {
+        rc = mg_rec_dedup_put(st, txn, w->mailbox_ids[0], w->dd_upstream,
+                              w->dd_user, w->dd_uidl, w->ids[0], &error);
         if (rc != MG_OK)
             return msg_apply_fail(op, rc, error);
     }
@@ -767,6 +779,19 @@ mg_store_writer_on_drained(struct mg_store_writer *w,
     w->drained = drained;
     w->drained_arg = arg;
     pthread_mutex_unlock(&w->lock);
+}
+
+int
+mg_store_writer_dedup(struct mg_store_writer *w, const char *upstream,
+                      const char *user, const char *uidl)
+{
+    if (msg_writer_state(w) != MSG_W_OPEN || w->dd_uidl != NULL ||
+        upstream == NULL || user == NULL || uidl == NULL || uidl[0] == '\0')
+        return MG_ERROR;
+    w->dd_upstream = mg_xstrdup(upstream);
+    w->dd_user = mg_xstrdup(user);
+    w->dd_uidl = mg_xstrdup(uidl);
+    return MG_OK;
 }
 
 void

@@ -337,6 +337,15 @@ ma_msg_step(struct mg_msg_writer *mw, int what, bool publish,
 }
 
 static int
+ma_msg_dedup(struct mg_msg_writer *mw, const char *upstream, const char *user,
+             const char *uidl)
+{
+    if (mw->done != NULL)
+        return MG_ERROR; /* a commit is under way */
+    return mg_store_writer_dedup(mw->w, upstream, user, uidl);
+}
+
+static int
 ma_msg_commit(struct mg_msg_writer *mw, bool publish, mg_store_done_fn done,
               void *arg)
 {
@@ -751,6 +760,7 @@ static const struct mg_store_api ma_api = {
     .msg_id = ma_msg_id,
     .dedup_get = mg_dedup_api_get,
     .dedup_put = mg_dedup_api_put,
+    .msg_dedup = ma_msg_dedup,
 };
 
 int

@@ -421,6 +421,13 @@ int mg_store_writer_write(struct mg_store_writer *w, const void *data,
                           size_t len);
 void mg_store_writer_on_drained(struct mg_store_writer *w,
                                 void (*drained)(void *arg), void *arg);
+/** Before the commit: the proxy's de-duplication entry (mailbox of copy
+ * 0, upstream, remote user, upstream UIDL -> copy 0's id) is written in
+ * the commit's own transaction, so that a message is never committed
+ * without it. MG_ERROR when already set, committed, or an argument is
+ * missing. */
+int mg_store_writer_dedup(struct mg_store_writer *w, const char *upstream,
+                          const char *user, const char *uidl);
 /** Push the last chunk and commit every copy in one transaction: VISIBLE
  * (publish) or HELD. `done` runs once it is durable or failed. */
 void mg_store_writer_commit(struct mg_store_writer *w, bool publish,

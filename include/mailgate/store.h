@@ -152,10 +152,21 @@ struct mg_store_api {
                      const char **error_r);
     /** Add an entry in one durable transaction (after the message's own
      * commit: a crash in between records the message again next time,
-     * never loses it); `done` on the loop once it is on disk. */
+     * never loses it; msg_dedup avoids that); `done` on the loop once it
+     * is on disk. */
     int (*dedup_put)(const char *mailbox_id, const char *upstream,
                      const char *user, const char *uidl, uint64_t msg_id,
                      uint64_t conn_id, mg_store_done_fn done, void *arg);
+
+    /** The de-duplication entry for a message being written (to copy 0's
+     * mailbox, before msg_commit): written in the message's own commit
+     * transaction, so a crash can never leave the copy without its entry
+     * (with dedup_put after the commit, it could: recorded again). Two
+     * sessions recording the same upstream message at once both commit
+     * a copy; the entry names the later one. MG_ERROR when the writer is
+     * committing or has one already, or an argument is empty. */
+    int (*msg_dedup)(struct mg_msg_writer *w, const char *upstream,
+                     const char *user, const char *uidl);
 };
 
 #endif /* MG_STORE_H */

@@ -130,6 +130,7 @@ struct proxy_session {
     bool rec_wait;   /* msg_write said MG_AGAIN */
     bool rec_commit; /* commit and index in flight */
     bool rec_end;    /* the end waits for a piece the store refused */
+    bool rec_dedup;  /* the index entry goes with the message's commit */
     struct mg_msg_writer *w;
     char *wbuf; /* pieces for the store */
     size_t wlen;

@@ -1,8 +1,13 @@
 /*
  * modules/proxy/proxy_record.c -- a copy of every retrieved message in the
  * mailbox the login named: streamed into the store as the client receives
- * it (unstuffed), committed durably, then entered in the de-duplication
- * index under (mailbox, upstream, remote user, upstream UIDL).
+ * it (unstuffed) and committed durably together with its entry in the
+ * de-duplication index under (mailbox, upstream, remote user, upstream
+ * UIDL): one transaction, so a crash never leaves a copy the index does
+ * not know (a store without msg_dedup gets the entry in a second commit).
+ * Two sessions retrieving the same upstream message at the same time each
+ * record a copy (neither is in the index when the other looks); the entry
+ * names the later one.
  *
  * The copy starts with one `Received:` field naming the upstream, the
  * gateway and the upstream's UIDL; the rest is the message byte for byte
@@ -11,6 +16,7 @@
  */
 #include "config.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +88,7 @@ proxy_record_begin(struct proxy_session *s)
         .tls = s->peer_tls[0] != '\0' ? s->peer_tls : NULL,
     };
     const char *ids[1] = {s->login.mailbox}, *err = NULL;
+    const char *uidl = record_uidl(s, s->msgno);
 
     proxy_record_abort(s);
     s->w = rs(s)->msg_begin(ids, 1, &env, s->id, &err);
@@ -98,6 +105,12 @@ proxy_record_begin(struct proxy_session *s)
     }
     s->wsize = 0;
     s->rec_failed = s->rec_wait = s->rec_commit = s->rec_end = false;
+    s->rec_dedup = false;
+    if (uidl != NULL &&
+        rs(s)->size >= offsetof(struct mg_store_api, msg_dedup) +
+                           sizeof(rs(s)->msg_dedup) &&
+        rs(s)->msg_dedup(s->w, s->login.upstream, s->login.user, uidl) == MG_OK)
+        s->rec_dedup = true;
     record_trace(s);
     return MG_OK;
 }
@@ -236,9 +249,10 @@ record_committed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
     api->store->msg_free(s->w);
     s->w = NULL;
     uidl = record_uidl(s, s->msgno);
-    if (uidl == NULL || api->store->dedup_put(
-                            s->login.mailbox, s->login.upstream, s->login.user,
-                            uidl, id, s->id, record_indexed, NULL) != MG_OK)
+    if (uidl == NULL || s->rec_dedup ||
+        api->store->dedup_put(s->login.mailbox, s->login.upstream,
+                              s->login.user, uidl, id, s->id, record_indexed,
+                              NULL) != MG_OK)
         proxy_relay_recorded(s, true);
     proxy_leave(s);
 }

@@ -34,7 +34,8 @@ def _run(args, cwd=None):
 @pytest.fixture(scope="session")
 def test_ca(tmp_path_factory):
     """A test CA and a server certificate it signed for localhost and
-    127.0.0.1: {"ca": ca.pem, "cert": server.pem, "key": server.key}."""
+    127.0.0.1: {"ca": ca.pem, "cert": server.pem, "key": server.key,
+    "cakey": ca.key} (ca_server_cert() signs more)."""
     d = str(tmp_path_factory.mktemp("testca"))
     ca, cakey = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
     cert, key = os.path.join(d, "server.pem"), os.path.join(d, "server.key")
@@ -52,7 +53,25 @@ def test_ca(tmp_path_factory):
     _run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", cakey,
           "-CAcreateserial", "-out", cert, "-days", "2", "-extfile", ext])
     os.chmod(key, 0o644)  # Dovecot reads it as root; the dir is private
-    return {"ca": ca, "cert": cert, "key": key}
+    return {"ca": ca, "cert": cert, "key": key, "cakey": cakey}
+
+
+def ca_server_cert(ca, d, name, san):
+    """A server certificate signed by the test CA `ca` (test_ca) in the
+    folder d, CN=name and the given subjectAltName (e.g. "IP:127.0.0.2"):
+    {"cert": path, "key": path}."""
+    cert, key = os.path.join(d, name + ".pem"), os.path.join(d, name + ".key")
+    csr, ext = os.path.join(d, name + ".csr"), os.path.join(d, name + ".cnf")
+    _run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt",
+          "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", csr,
+          "-subj", "/CN=" + name])
+    with open(ext, "w") as f:
+        f.write("subjectAltName=%s\nextendedKeyUsage=serverAuth\n" % san)
+    _run(["openssl", "x509", "-req", "-in", csr, "-CA", ca["ca"], "-CAkey",
+          ca["cakey"], "-CAcreateserial", "-out", cert, "-days", "2",
+          "-extfile", ext])
+    os.chmod(key, 0o644)
+    return {"cert": cert, "key": key}
 
 
 def sample_messages(n, size=2000, tag="m"):
@@ -82,12 +101,17 @@ def crlf(msg):
 class Dovecot:
     """One private dovecot process (POP3 only)."""
 
-    def __init__(self, ssl_mode, cert, key):
+    def __init__(self, ssl_mode, cert, key, address="127.0.0.1", port=None,
+                 implicit=False):
+        """implicit: one implicit-TLS (pop3s) listener on address:port
+        instead of the plain one with STLS on a free port."""
         # not under pytest's 0700 tmp dir: the login processes run as
         # dovenull and must reach their sockets
         self.dir = tempfile.mkdtemp(prefix="mg-dovecot-")
         os.chmod(self.dir, 0o755)
-        self.port = free_port()
+        self.address = address
+        self.port = port or free_port()
+        self.implicit = implicit
         self.conf = os.path.join(self.dir, "dovecot.conf")
         self.log = os.path.join(self.dir, "dovecot.log")
         self.home = os.path.join(self.dir, "home", DOVECOT_USER)
@@ -110,7 +134,7 @@ base_dir = {d}/run
 state_dir = {d}/state
 log_path = {d}/dovecot.log
 protocols = pop3
-listen = 127.0.0.1
+listen = {address}
 {ssl}disable_plaintext_auth = {dpa}
 auth_mechanisms = plain
 auth_verbose = yes
@@ -127,12 +151,13 @@ userdb {{
 }}
 service pop3-login {{
   inet_listener pop3 {{
-    address = 127.0.0.1
-    port = {port}
+    address = {address}
+    port = {plain_port}
   }}
   inet_listener pop3s {{
-    port = 0
-  }}
+    address = {address}
+    port = {tls_port}
+{tls_ssl}  }}
 }}
 service imap-login {{
   inet_listener imap {{
@@ -150,7 +175,10 @@ service stats {{
     mode = 0600
   }}
 }}
-""".format(d=self.dir, ssl=ssl, port=self.port,
+""".format(d=self.dir, ssl=ssl, address=address,
+           plain_port=0 if implicit else self.port,
+           tls_port=self.port if implicit else 0,
+           tls_ssl="    ssl = yes\n" if implicit else "",
            dpa="no" if ssl_mode == "no" else "yes"))
         self.proc = None
         self.seq = 0
@@ -218,8 +246,8 @@ def dovecot(test_ca):
     """Factory: dovecot(ssl="required"|"no", cert=..., key=...) started."""
     made = []
 
-    def make(ssl="required", cert=None, key=None):
-        d = Dovecot(ssl, cert or test_ca["cert"], key or test_ca["key"])
+    def make(ssl="required", cert=None, key=None, **kw):
+        d = Dovecot(ssl, cert or test_ca["cert"], key or test_ca["key"], **kw)
         made.append(d)
         return d.start()
 

@@ -1059,6 +1059,75 @@ test_big_flat_memory(void **state)
     free(buf);
 }
 
+/* ------------------------------------------------- de-duplication entry */
+
+static int
+dedup_lookup(const char *mb, const char *uidl, uint64_t *id_r)
+{
+    const char *error = NULL;
+    MDB_txn *txn;
+    int rc;
+
+    assert_int_equal(mg_store_read_begin(st, &txn, &error), MG_OK);
+    rc = mg_rec_dedup_get(st, txn, mb, "pop.example.org:995", "bob", uidl, id_r,
+                          &error);
+    mg_store_read_end(st, txn);
+    return rc;
+}
+
+/* The proxy's index entry is written by the message's own commit (one
+ * transaction: never a copy without its entry), for copy 0 only, and
+ * not at all when the commit does not happen. */
+static void
+test_dedup_with_commit(void **state)
+{
+    const char *ids[] = {mbox[0], mbox[1]};
+    const char *error = NULL;
+    struct mg_store_writer *w;
+    struct sync s;
+    uint64_t id = 0;
+
+    (void)state;
+    sync_init(&s);
+    w = mg_store_writer_begin(st, ids, 2, &test_env, &error);
+    assert_non_null(w);
+    assert_int_equal(
+        mg_store_writer_dedup(w, "pop.example.org:995", "bob", "uidl-1"),
+        MG_OK);
+    /* one entry per message; no empty UIDL */
+    assert_int_equal(
+        mg_store_writer_dedup(w, "pop.example.org:995", "bob", "uidl-2"),
+        MG_ERROR);
+    assert_int_equal(mg_store_writer_write(w, "Subject: x\r\n\r\nbody\r\n", 20),
+                     MG_OK);
+    assert_int_equal(dedup_lookup(mbox[0], "uidl-1", &id), MG_DECLINED);
+    mg_store_writer_commit(w, true, sync_done, &s);
+    assert_int_equal(sync_wait(&s), MG_OK);
+    assert_int_equal(dedup_lookup(mbox[0], "uidl-1", &id), MG_OK);
+    assert_int_equal(id, mg_store_writer_ids(w)[0]);
+    assert_int_equal(dedup_lookup(mbox[1], "uidl-1", &id), MG_DECLINED);
+    assert_int_equal(dedup_lookup(mbox[0], "uidl-2", &id), MG_DECLINED);
+    /* too late once committed */
+    assert_int_equal(
+        mg_store_writer_dedup(w, "pop.example.org:995", "bob", "uidl-3"),
+        MG_ERROR);
+    mg_store_writer_free(w);
+
+    /* a message that is never committed leaves no entry */
+    w = mg_store_writer_begin(st, ids, 1, &test_env, &error);
+    assert_non_null(w);
+    assert_int_equal(mg_store_writer_dedup(w, "pop.example.org:995", "bob", ""),
+                     MG_ERROR);
+    assert_int_equal(
+        mg_store_writer_dedup(w, "pop.example.org:995", "bob", "uidl-4"),
+        MG_OK);
+    assert_int_equal(mg_store_writer_write(w, "x\r\n", 3), MG_OK);
+    mg_store_writer_free(w);
+    assert_int_equal(run_write(noop_fn, NULL), MG_OK); /* the free's delete */
+    assert_int_equal(dedup_lookup(mbox[0], "uidl-4", &id), MG_DECLINED);
+    sync_destroy(&s);
+}
+
 /* ------------------------------------------------------------ store full */
 
 static int
@@ -1179,6 +1248,7 @@ main(void)
         cmocka_unit_test(test_held_publish_discard),
         cmocka_unit_test(test_free_uncommitted),
         cmocka_unit_test(test_back_pressure),
+        cmocka_unit_test(test_dedup_with_commit),
         cmocka_unit_test(test_store_full),
         cmocka_unit_test(test_big_flat_memory),
     };

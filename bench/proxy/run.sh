@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# bench/proxy/run.sh [RUNS=3] [N=500] -- POP3 retrieval of N x 64 KiB
+# through mailgate's recording proxy, next to Dovecot itself over TLS and
+# nginx's mail proxy with TCP_NODELAY forced, interleaved in one run on
+# loopback. Uses the peer harness in ../shared/bench (copied to a
+# temporary folder): its Dovecot (127.0.0.1:1110 plain with STLS, :1995
+# implicit TLS; a self-signed certificate for CN=localhost), its nginx-nd
+# (127.0.0.1:1112 plain, :1997 TLS at nginx; plaintext to Dovecot 1110:
+# nginx cannot do TLS upstream and records nothing), its C client
+# bin/pop3bench and its message template, driven by bench/proxy/drive.py.
+#
+# mailgate runs from the non-sanitized build (./quickstart run builds it
+# into build/ and var/install/) with its own data folder: POP3 on
+# 127.0.0.1:2620 (plain, allow_plaintext_auth: a loopback bench listener)
+# and 2621 (implicit TLS), the proxy module trusting the harness's Dovecot
+# certificate (ca_file) and allowing 127.0.0.1 (allow_targets). Logins are
+# popbench%localhost:1110%MAILBOX: port 1110 means STLS upstream (only
+# 995 is implicit TLS), verified for the name "localhost" (the harness's
+# certificate has no IP address in it). Run as root.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+RUNS=${1:-3}
+N=${2:-500}
+PREFIX=${PREFIX:-$top/var/install}
+if [ -z "${PEERS:-}" ]; then
+    PEERS=$top/../shared/bench
+    [ -d "$PEERS" ] || PEERS=$top/../../shared/bench
+fi
+WORK=$(mktemp -d /var/tmp/mailgate-proxy-bench.XXXXXX)
+POP3_PORT=2620
+POP3S_PORT=2621
+UPSTREAM=localhost:1110
+[ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
+[ -f "$PREFIX/lib/mailgate/proxy.so" ] || { echo "no proxy module in $PREFIX" >&2; exit 1; }
+[ -d "$PEERS" ] || { echo "no peer harness at $PEERS" >&2; exit 1; }
+
+cp -r "$PEERS" "$WORK/peers"
+cd "$WORK/peers"
+make -s
+# the test suite installs postfix without a system configuration; the peer
+# harness configures the system instance and needs a main.cf to start from
+if [ ! -f /etc/postfix/main.cf ]; then
+    grep -v '^[a-z_]* =$' /etc/postfix/main.cf.proto >/etc/postfix/main.cf
+fi
+postconf -e setgid_group=postdrop mail_owner=postfix compatibility_level=3.6 \
+    mailbox_size_limit=0 alias_maps=hash:/etc/aliases alias_database=hash:/etc/aliases
+scripts/setup.sh >/dev/null
+STATE=${STATE:-${TMPDIR:-/var/tmp}/mailgate-bench}
+CA=$STATE/tls/ec.crt
+trap 'kill $GW 2>/dev/null; scripts/servers.sh stop dovecot >/dev/null 2>&1;
+      scripts/servers.sh stop nginx >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+GW=
+scripts/servers.sh start dovecot >/dev/null
+scripts/servers.sh start nginx >/dev/null
+
+mkdir -p "$WORK/data"
+chmod 0700 "$WORK/data"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$WORK/data/key.pem" -out "$WORK/data/cert.pem" -days 2 \
+    -subj /CN=localhost >/dev/null 2>&1
+cat >"$WORK/mailgate.conf" <<CONF
+data_dir = "$WORK/data";
+email_domain = "bench.localdomain";
+log_level = "warning";
+max_connections_per_ip = 1000;
+tls = { cert = "cert.pem"; key = "key.pem"; };
+modules = (
+  { name = "pop3";
+    listen = ( { address = "127.0.0.1"; port = $POP3_PORT; tls = "none"; allow_plaintext_auth = true; },
+               { address = "127.0.0.1"; port = $POP3S_PORT; tls = "implicit"; } ); },
+  { name = "proxy"; ca_file = "$CA"; allow_targets = [ "127.0.0.1" ]; }
+);
+CONF
+"$PREFIX/sbin/mailgated" -c "$WORK/mailgate.conf" --foreground 2>"$WORK/mailgated.log" &
+GW=$!
+for _ in $(seq 50); do
+    ss -ltn | grep -q "127.0.0.1:$POP3S_PORT " && break
+    sleep 0.1
+done
+
+RAW=$WORK/proxy.raw
+STORE_BENCH=${STORE_BENCH:-$top/build/bench/store/mg-store-bench}
+[ -x "$STORE_BENCH" ] || STORE_BENCH=
+TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,proxy-tls=$POP3S_PORT:tls,proxy-relay=$POP3_PORT}
+# PERF=FILE: a CPU profile of mailgated over the whole drive (perf record -g)
+if [ -n "${PERF:-}" ]; then
+    perf record -g -o "$PERF" -p "$GW" >/dev/null 2>&1 &
+    PERFPID=$!
+fi
+/usr/bin/python3 "$top/bench/proxy/drive.py" --peers "$WORK/peers" --runs "$RUNS" --n "$N" \
+    --targets "$TARGETS" \
+    --ctl "$PREFIX/sbin/mailgatectl" --conf "$WORK/mailgate.conf" \
+    --upstream "$UPSTREAM" --gw-pid "$GW" --out "$RAW" \
+    ${STORE_BENCH:+--store-bench "$STORE_BENCH"} >&2
+if [ -n "${PERF:-}" ]; then
+    kill -INT "$PERFPID"
+    wait "$PERFPID" || true
+fi
+RSS=$(awk '/VmHWM/{print $2}' "/proc/$GW/status")
+echo "mailgated peak RSS: ${RSS} kB"
+if grep -qi "error\|warn" "$WORK/mailgated.log"; then
+    echo "mailgated log:"; tail -20 "$WORK/mailgated.log"
+fi
+/usr/bin/python3 - "$RAW" "$N" <<'PY'
+import statistics, sys
+n = int(sys.argv[2])
+runs, bad = {}, 0
+for line in open(sys.argv[1]):
+    t = line.split()
+    if not t:
+        continue
+    f = dict(x.split("=", 1) for x in t[1:] if "=" in x)
+    if "FAILED" in t or f.get("left", "0") != "0" or f.get("recorded", str(n)) != str(n):
+        bad += 1
+        continue
+    runs.setdefault(f["run"], {})[f["target"]] = float(f["retr_msgs/s"])
+targets = []
+for r in runs.values():
+    targets += [t for t in r if t not in targets]
+print("retrieval excluding login (STAT..QUIT), msgs/s, median of %d runs (each run):" % len(runs))
+for t in targets:
+    v = [r[t] for r in runs.values() if t in r]
+    print("  %-13s %6.0f  (%s)" % (t, statistics.median(v), " ".join("%.0f" % x for x in v)))
+def ratio(a, b, target=None):
+    v = [r[a] / r[b] for r in runs.values() if a in r and b in r]
+    if not v:
+        return
+    m = statistics.median(v)
+    goal = "" if target is None else "  (target >= %.1fx)%s" % (
+        target, "" if m >= target else "  MISSED")
+    print("  %-11s / %-12s = %4.2fx  [%s]%s" % (a, b, m, " ".join("%.2f" % x for x in v), goal))
+print("ratios, median of the per-run ratios [each run]; the proxy records every message:")
+ratio("proxy", "nginx-nd", 0.9)
+ratio("proxy-tls", "nginx-nd-tls", 0.9)
+ratio("proxy-tls", "dovecot-tls", 0.8)
+ratio("proxy", "dovecot-tls", 0.8)
+print("diagnostics:")
+ratio("proxy-relay", "nginx-nd")
+ratio("proxy-relay", "dovecot-tls")
+ratio("proxy", "store-c1")
+v = [1 / (1 / r["proxy-relay"] + 1 / r["store-c1"]) / r["proxy"]
+     for r in runs.values() if "proxy-relay" in r and "store-c1" in r and "proxy" in r]
+if v:
+    print("  proxy / (relay and store-c1 in series) = %4.2fx" % statistics.median(v))
+print("sessions that failed, left messages upstream or recorded fewer than %d: %d" % (n, bad))
+PY
