@@ -357,6 +357,20 @@ api_reload(const char *source)
         mg_reload_request(source != NULL ? source : "module");
 }
 
+static int
+api_net_match(const char *net, const struct sockaddr *sa, const char **error_r)
+{
+    struct mg_cidr c;
+    const char *error = NULL;
+
+    if (mg_cidr_parse(net, &c, &error) != MG_OK) {
+        if (error_r != NULL)
+            *error_r = error;
+        return MG_ERROR;
+    }
+    return sa != NULL && mg_cidr_match(&c, sa) ? 1 : 0;
+}
+
 static const struct mg_core_api api_table = {
     .abi_version = MG_ABI_VERSION,
     .size = sizeof(struct mg_core_api),
@@ -383,6 +397,7 @@ static const struct mg_core_api api_table = {
     .post = mg_post,
     .now_ms = mg_now_ms,
     .reload = api_reload,
+    .net_match = api_net_match,
 };
 
 static struct mg_core_api api_live;

@@ -4,8 +4,11 @@
  * Writer: the caller's thread encrypts (one vault stream per mailbox copy)
  * and queues ops; the store's writer thread only puts records. Chunk 0 of
  * every copy is the encoded envelope, chunks 1.. the body, the last one
- * pushed with the FINAL tag (possibly empty). A message is WRITING until
- * the commit op rewrites every copy's header (HELD or VISIBLE) in one op.
+ * pushed with the FINAL tag (possibly empty). Encrypted chunks are held
+ * and queued a few at a time as one op; a message is WRITING until the
+ * commit op (which carries the chunks still held) writes every copy's
+ * header HELD or VISIBLE in one op. A message small enough to be held
+ * whole is one op: its headers are written once, already committed.
  *
  * Reader: the header, then one chunk per short read transaction,
  * decrypted straight from the mapped page into the reader's buffer.
@@ -26,7 +29,11 @@
 
 /* Ciphertext bytes one writer may have queued and not yet committed. */
 #define MSG_QUEUE_LIMIT (4 * 1024 * 1024)
-#define MSG_ERR_LEN     200
+/* Encrypted chunks a writer collects before it queues them as one op:
+ * fewer ops (nested transactions, wake-ups) per message, and a message
+ * below this size goes to the writer thread whole, with its commit. */
+#define MSG_HOLD_BYTES (256 * 1024)
+#define MSG_ERR_LEN    200
 
 /* mg_error() is loop-only; writers and readers run on other threads. */
 static _Thread_local char msg_errbuf[MSG_ERR_LEN];
@@ -91,9 +98,8 @@ struct msg_op {
     size_t n;
     char (*mailbox_ids)[MG_MAILBOX_ID_MAX + 1];
     uint64_t *ids;
-    /* MSG_OP_COMMIT of a message that fits one chunk: the whole message
-     * in this op (headers, envelope, body), one op instead of three */
-    struct msg_op *first_part, *last_part;
+    /* the held chunk ops this op carries (never queued themselves) */
+    struct msg_op *parts, *next_part;
 };
 
 struct mg_store_writer {
@@ -106,9 +112,10 @@ struct mg_store_writer {
     uint8_t *plain;            /* up to MG_VAULT_CHUNK bytes of body */
     size_t pcap;               /* its size */
     size_t plen;
-    uint32_t nchunks;     /* chunks queued so far */
-    struct msg_op *first; /* the envelope chunk, until data needs it out */
-    uint64_t size;        /* body bytes accepted */
+    uint32_t nchunks;            /* chunks encrypted so far */
+    struct msg_op *held, **tail; /* encrypted chunks not yet queued */
+    size_t held_bytes;
+    uint64_t size; /* body bytes accepted */
     enum msg_wstate state;
 
     /* shared with the store's writer thread */
@@ -164,9 +171,25 @@ msg_writer_unref(struct mg_store_writer *w)
     free(w);
 }
 
+/* The parts an op carried: each held a writer ref (w outlives this: the
+ * carrying op holds one more). */
+static void
+msg_parts_free(struct msg_op *parts)
+{
+    struct msg_op *p, *next;
+
+    for (p = parts; p != NULL; p = next) {
+        next = p->next_part;
+        free(p->data);
+        msg_writer_unref(p->w);
+        free(p);
+    }
+}
+
 static void
 msg_op_free(struct msg_op *o)
 {
+    msg_parts_free(o->parts);
     free(o->data);
     if (o->w == NULL) {
         free(o->mailbox_ids);
@@ -225,12 +248,14 @@ msg_apply_ids(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
     return MG_OK;
 }
 
-/* Put chunk o->chunk of every copy; MSG_OP_FIRST also the headers. */
+/* Put chunk o->chunk of every copy; MSG_OP_FIRST also the WRITING
+ * headers, unless the commit in the same op writes them. */
 static int
-msg_apply_chunk(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
+msg_apply_chunk(struct mg_store *st, MDB_txn *txn, struct msg_op *o,
+                bool committing)
 {
-    struct msg_op *o = op->arg;
     struct mg_store_writer *w = o->w;
+    struct mg_store_op *op = &o->op;
     const char *error = NULL;
     size_t i;
     int rc;
@@ -238,7 +263,7 @@ msg_apply_chunk(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
     if (msg_writer_failed(w, op))
         return MG_ERROR;
     for (i = 0; i < w->n; i++) {
-        if (o->kind == MSG_OP_FIRST) {
+        if (o->kind == MSG_OP_FIRST && !committing) {
             rc = mg_rec_msg_put(st, txn, w->mailbox_ids[i], w->ids[i],
                                 &w->hdr[i], &error);
             if (rc != MG_OK)
@@ -256,8 +281,8 @@ fail:
     return rc;
 }
 
-/* Every chunk present, then each header HELD (and published): all copies
- * in this one op, so they become visible together. */
+/* Every chunk present, then each header HELD or VISIBLE: all copies in
+ * this one op, so they become visible together. */
 static int
 msg_apply_commit(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 {
@@ -275,8 +300,9 @@ msg_apply_commit(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
         return MG_ERROR;
     for (i = 0; i < w->n; i++) {
         /* a chunk op of an earlier, failed batch may not have reported
-         * yet: check rather than trust */
-        for (k = 0; k < o->nchunks; k++) {
+         * yet: check rather than trust (what this op carries was just put) */
+        for (k = 0; k < (o->parts != NULL ? o->parts->chunk : o->nchunks);
+             k++) {
             rc = mg_rec_chunk_get(st, txn, w->mailbox_ids[i], w->ids[i], k,
                                   &data, &len, &error);
             if (rc != MG_OK) {
@@ -285,37 +311,33 @@ msg_apply_commit(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
             }
         }
         h = w->hdr[i];
-        h.state = MG_MSG_HELD;
         h.size = o->size;
         h.nchunks = o->nchunks;
         h.received = now;
-        rc = mg_rec_msg_put(st, txn, w->mailbox_ids[i], w->ids[i], &h, &error);
-        if (rc == MG_OK && o->publish) {
-            rc = mg_rec_msg_publish(st, txn, w->mailbox_ids[i], w->ids[i],
-                                    &error);
-        }
+        rc = mg_rec_msg_commit(st, txn, w->mailbox_ids[i], w->ids[i], &h,
+                               o->publish, &error);
         if (rc != MG_OK)
             return msg_apply_fail(op, rc, error);
     }
     return MG_OK;
 }
 
-/* A message of one body chunk: both chunks and the commit in one op. */
+/* The held chunks this op carries, then the commit if it is one. */
 static int
-msg_apply_oneshot(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
+msg_apply_parts(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 {
     struct msg_op *o = op->arg;
-    struct msg_op *parts[] = {o->first_part, o->last_part};
+    bool committing = o->kind == MSG_OP_COMMIT;
 
-    for (size_t i = 0; i < 2; i++) {
-        int rc = msg_apply_chunk(st, txn, &parts[i]->op);
+    for (struct msg_op *p = o->parts; p != NULL; p = p->next_part) {
+        int rc = msg_apply_chunk(st, txn, p, committing);
 
         if (rc != MG_OK) {
-            msg_op_error(op, parts[i]->op.error);
+            msg_op_error(op, p->op.error);
             return rc;
         }
     }
-    return msg_apply_commit(st, txn, op);
+    return committing ? msg_apply_commit(st, txn, op) : MG_OK;
 }
 
 static int
@@ -421,13 +443,6 @@ msg_complete_step(struct mg_store_op *op)
     pthread_mutex_unlock(&w->lock);
     if (done != NULL)
         done(w, status, temporary, error, done_arg);
-    if (o->first_part != NULL) {
-        /* parts of a one-op message: each held a writer ref */
-        msg_op_free(o->first_part);
-        msg_op_free(o->last_part);
-        msg_writer_unref(w);
-        msg_writer_unref(w);
-    }
     msg_op_free(o);
     msg_writer_unref(w);
 }
@@ -462,7 +477,8 @@ static struct msg_op *
 msg_chunk_op(struct mg_store_writer *w, enum msg_op_kind kind,
              const void *plain, size_t len, bool final)
 {
-    struct msg_op *o = msg_op_new(w, kind, msg_apply_chunk, msg_complete_chunk);
+    /* carried by another op: never queued, so neither apply nor complete */
+    struct msg_op *o = msg_op_new(w, kind, NULL, NULL);
     size_t i;
 
     o->chunk = w->nchunks++;
@@ -509,13 +525,36 @@ msg_plain_room(struct mg_store_writer *w, size_t need)
     w->pcap = cap;
 }
 
-/* The envelope chunk goes out before the first body chunk. */
+/* Give the held chunks to op o (they go out with it). */
 static void
-msg_flush_first(struct mg_store_writer *w)
+msg_take_held(struct mg_store_writer *w, struct msg_op *o)
 {
-    if (w->first != NULL) {
-        msg_queue(w, w->first);
-        w->first = NULL;
+    o->parts = w->held;
+    o->op.bytes += w->held_bytes;
+    w->held = NULL;
+    w->tail = &w->held;
+    w->held_bytes = 0;
+}
+
+/* Encrypt `len` bytes as the next chunk and hold it; queue what is held
+ * once it is enough for an op of its own (never the final chunk: that
+ * one goes out with the commit). */
+static void
+msg_hold(struct mg_store_writer *w, enum msg_op_kind kind, const void *plain,
+         size_t len, bool final)
+{
+    struct msg_op *o = msg_chunk_op(w, kind, plain, len, final);
+
+    *w->tail = o;
+    w->tail = &o->next_part;
+    w->held_bytes += o->op.bytes;
+    if (!final && w->held_bytes >= MSG_HOLD_BYTES) {
+        struct msg_op *carrier =
+            msg_op_new(w, MSG_OP_CHUNK, msg_apply_parts, msg_complete_chunk);
+
+        msg_take_held(w, carrier);
+        carrier->op.new_data = true;
+        msg_queue(w, carrier);
     }
 }
 
@@ -623,9 +662,8 @@ mg_store_writer_begin_ids(struct mg_store *st, const char *const *mailbox_ids,
     free(pk);
 
     /* chunk 0: the envelope, with the WRITING headers */
-    /* held back: a message that fits one chunk goes out in one op */
-    w->first = msg_chunk_op(w, MSG_OP_FIRST, mg_buf_data(&envbuf),
-                            mg_buf_len(&envbuf), false);
+    w->tail = &w->held;
+    msg_hold(w, MSG_OP_FIRST, mg_buf_data(&envbuf), mg_buf_len(&envbuf), false);
     sodium_memzero(envbuf.data, envbuf.cap);
     mg_buf_free(&envbuf);
     return w;
@@ -696,10 +734,17 @@ mg_store_writer_write(struct mg_store_writer *w, const void *data, size_t len)
 
     while (len > 0) {
         if (w->plen == MG_VAULT_CHUNK) {
-            msg_flush_first(w);
-            msg_queue(w,
-                      msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, false));
+            msg_hold(w, MSG_OP_CHUNK, w->plain, w->plen, false);
             w->plen = 0;
+        }
+        if (w->plen == 0 && len > MG_VAULT_CHUNK) {
+            /* a whole chunk with more bytes after it in this call cannot
+             * be the last: encrypted from the caller's buffer, no copy */
+            msg_hold(w, MSG_OP_CHUNK, p, MG_VAULT_CHUNK, false);
+            w->size += MG_VAULT_CHUNK;
+            p += MG_VAULT_CHUNK;
+            len -= MG_VAULT_CHUNK;
+            continue;
         }
         take = MG_VAULT_CHUNK - w->plen;
         if (take > len)
@@ -735,26 +780,13 @@ mg_store_writer_commit(struct mg_store_writer *w, bool publish,
         return;
     }
     msg_plain_room(w, 1); /* an empty body still has a final chunk */
-    if (w->first != NULL) {
-        /* all of it fits one chunk: headers, envelope, body and commit in
-         * one op, so a small message costs the writer one nested txn */
-        struct msg_op *first = w->first, *last;
-
-        w->first = NULL;
-        last = msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, true);
-        sodium_memzero(w->plain, w->plen);
-        w->plen = 0;
-        o = msg_op_new(w, MSG_OP_COMMIT, msg_apply_oneshot, msg_complete_step);
-        o->first_part = first;
-        o->last_part = last;
-        o->op.bytes = first->op.bytes + last->op.bytes;
-    } else {
-        /* the final chunk even when the writer failed: the stream ends */
-        msg_queue(w, msg_chunk_op(w, MSG_OP_CHUNK, w->plain, w->plen, true));
-        sodium_memzero(w->plain, w->plen);
-        w->plen = 0;
-        o = msg_op_new(w, MSG_OP_COMMIT, msg_apply_commit, msg_complete_step);
-    }
+    /* the final chunk even when the writer failed: the stream ends; it
+     * and whatever is held go out with the commit, in one op */
+    msg_hold(w, MSG_OP_CHUNK, w->plain, w->plen, true);
+    sodium_memzero(w->plain, w->plen);
+    w->plen = 0;
+    o = msg_op_new(w, MSG_OP_COMMIT, msg_apply_parts, msg_complete_step);
+    msg_take_held(w, o);
     o->publish = publish;
     o->nchunks = w->nchunks;
     o->size = w->size;
@@ -833,12 +865,11 @@ mg_store_writer_free(struct mg_store_writer *w)
 
     if (w == NULL)
         return;
-    if (w->first != NULL) {
-        /* never queued: nothing of it is in the store */
-        msg_op_free(w->first);
-        w->first = NULL;
-        msg_writer_unref(w);
-    }
+    /* held chunks were never queued: none of them is in the store */
+    msg_parts_free(w->held);
+    w->held = NULL;
+    w->tail = &w->held;
+    w->held_bytes = 0;
     pthread_mutex_lock(&w->lock);
     w->freed = true;
     state = w->state;

@@ -597,6 +597,10 @@ ma_key_free(struct mg_mbox_key *key)
 
 /* ----------------------------------------------------------- reading */
 
+/* One piece is read ahead: while the session sends piece n, a worker
+ * decrypts piece n + 1 (on another core), so a RETR is not a sequence of
+ * decrypt-then-send turns. The piece handed out is a copy, because the
+ * store reader's buffer is reused by the read ahead. */
 struct mg_msg_reader {
     struct mg_store_reader *r;
     bool busy;   /* a worker is fetching the next piece */
@@ -605,7 +609,9 @@ struct mg_msg_reader {
     int status;
     const void *data;
     size_t len;
-    const char *error;
+    char error[200];
+    uint8_t *out; /* the piece handed out */
+    size_t outcap;
     mg_store_resume_fn resume;
     void *resume_arg;
     uint64_t conn_id;
@@ -625,14 +631,26 @@ ma_msg_open(struct mg_mbox_key *key, uint64_t msg_id, const char **error_r)
     return mr;
 }
 
+static void
+ma_reader_free(struct mg_msg_reader *mr)
+{
+    mg_store_reader_close(mr->r);
+    if (mr->out != NULL)
+        sodium_memzero(mr->out, mr->outcap); /* plaintext */
+    free(mr->out);
+    free(mr);
+}
+
 /* Decrypting a chunk touches pages that may not be in memory: off the
  * loop, so a page fault never stalls other sessions. */
 static void
 ma_read_work(void *arg)
 {
     struct mg_msg_reader *mr = arg;
+    const char *error = NULL;
 
-    mr->status = mg_store_reader_next(mr->r, &mr->data, &mr->len, &mr->error);
+    mr->status = mg_store_reader_next(mr->r, &mr->data, &mr->len, &error);
+    snprintf(mr->error, sizeof(mr->error), "%s", error != NULL ? error : "");
 }
 
 static void
@@ -645,8 +663,7 @@ ma_read_done(void *arg)
     mr->ready = true;
     mr->resume = NULL;
     if (mr->closed) {
-        mg_store_reader_close(mr->r);
-        free(mr);
+        ma_reader_free(mr);
         return;
     }
     if (resume != NULL)
@@ -654,22 +671,47 @@ ma_read_done(void *arg)
 }
 
 static int
+ma_read_submit(struct mg_msg_reader *mr)
+{
+    mr->busy = true;
+    if (mg_workers_submit(ma_read_work, ma_read_done, mr) != MG_OK) {
+        mr->busy = false;
+        return MG_ERROR;
+    }
+    return MG_OK;
+}
+
+static int
 ma_msg_read(struct mg_msg_reader *mr, const void **data, size_t *len,
             mg_store_resume_fn resume, void *arg)
 {
     if (mr->ready) {
+        int status = mr->status;
+
         mr->ready = false;
-        *data = mr->data;
-        *len = mr->len;
-        return mr->status;
-    }
-    if (!mr->busy) {
-        mr->busy = true;
-        if (mg_workers_submit(ma_read_work, ma_read_done, mr) != MG_OK) {
-            mr->busy = false;
-            return MG_ERROR;
+        if (status != MG_OK) {
+            *data = NULL;
+            *len = 0;
+            if (status == MG_ERROR)
+                mg_log(MG_LOG_DEBUG, "store: reading: %s", mr->error);
+            return status;
         }
+        if (mr->len > mr->outcap) {
+            if (mr->out != NULL)
+                sodium_memzero(mr->out, mr->outcap);
+            free(mr->out);
+            mr->out = mg_xmalloc(mr->len);
+            mr->outcap = mr->len;
+        }
+        if (mr->len > 0)
+            memcpy(mr->out, mr->data, mr->len);
+        *data = mr->out;
+        *len = mr->len;
+        (void)ma_read_submit(mr); /* the next piece; a failure shows then */
+        return MG_OK;
     }
+    if (!mr->busy && ma_read_submit(mr) != MG_OK)
+        return MG_ERROR;
     mr->resume = resume;
     mr->resume_arg = arg;
     return MG_AGAIN;
@@ -684,8 +726,7 @@ ma_msg_close(struct mg_msg_reader *mr)
         mr->closed = true; /* freed when the worker is done */
         return;
     }
-    mg_store_reader_close(mr->r);
-    free(mr);
+    ma_reader_free(mr);
 }
 
 /* -------------------------------------------------------------- table */

@@ -110,6 +110,52 @@ rec_chunk_key(uint8_t key[MG_CHUNK_KEY], const char *mailbox_id,
     rec_put_u32(key + MG_MSG_KEY, n);
 }
 
+/* ------------------------------------------------------------ counters */
+
+/* A mailbox's counters live in their own small record, so that storing a
+ * message updates 16 bytes instead of rewriting the mailbox record (keys,
+ * policy lists) and so that editing a mailbox never writes counters. */
+#define REC_COUNTER_LEN 16
+
+static int
+rec_counter_get(struct mg_store *st, MDB_txn *txn, const char *id,
+                uint64_t *messages_r, uint64_t *bytes_r, const char **error_r)
+{
+    MDB_val k = {strlen(id), (void *)id}, v;
+    int rc;
+
+    *messages_r = 0;
+    *bytes_r = 0;
+    rc = mdb_get(txn, mg_store_dbs(st)->counter, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return MG_OK; /* nothing stored yet */
+    if (rc != 0)
+        return rec_fail(rc, "reading mailbox counters", error_r);
+    if (v.mv_size != REC_COUNTER_LEN) {
+        *error_r = rec_error("mailbox counters of %s are corrupt", id);
+        return MG_ERROR;
+    }
+    *messages_r = rec_get_u64(v.mv_data);
+    *bytes_r = rec_get_u64((const uint8_t *)v.mv_data + 8);
+    return MG_OK;
+}
+
+static int
+rec_counter_put(struct mg_store *st, MDB_txn *txn, const char *id,
+                uint64_t messages, uint64_t bytes, const char **error_r)
+{
+    uint8_t buf[REC_COUNTER_LEN];
+    MDB_val k = {strlen(id), (void *)id}, v = {sizeof(buf), buf};
+    int rc;
+
+    rec_put_u64(buf, messages);
+    rec_put_u64(buf + 8, bytes);
+    rc = mdb_put(txn, mg_store_dbs(st)->counter, &k, &v, 0);
+    if (rc != 0)
+        return rec_fail(rc, "writing mailbox counters", error_r);
+    return MG_OK;
+}
+
 /* ------------------------------------------------------------ mailboxes */
 
 int
@@ -130,6 +176,11 @@ mg_rec_mailbox_get(struct mg_store *st, MDB_txn *txn, const char *id,
         return rec_fail(rc, "reading a mailbox", error_r);
     if (mg_codec_mailbox_decode(v.mv_data, v.mv_size, m, error_r) != MG_OK)
         return MG_ERROR;
+    if (rec_counter_get(st, txn, id, &m->messages, &m->bytes, error_r) !=
+        MG_OK) {
+        mg_mailbox_clear(m);
+        return MG_ERROR;
+    }
     return MG_OK;
 }
 
@@ -137,14 +188,18 @@ int
 mg_rec_mailbox_put(struct mg_store *st, MDB_txn *txn,
                    const struct mg_mailbox *m, const char **error_r)
 {
+    struct mg_mailbox rec = *m; /* shallow: only the counters differ */
     struct mg_buf b;
     MDB_val k, v;
     int rc;
 
     if (rec_check_id(m->id, error_r) != MG_OK)
         return MG_ERROR;
+    /* the counters are kept in the counter record, never here */
+    rec.messages = 0;
+    rec.bytes = 0;
     mg_buf_init(&b);
-    mg_codec_mailbox_encode(m, &b);
+    mg_codec_mailbox_encode(&rec, &b);
     k.mv_data = (void *)m->id;
     k.mv_size = strlen(m->id);
     v.mv_data = (void *)mg_buf_data(&b);
@@ -172,6 +227,9 @@ mg_rec_mailbox_del(struct mg_store *st, MDB_txn *txn, const char *id,
         return MG_DECLINED;
     if (rc != 0)
         return rec_fail(rc, "deleting a mailbox", error_r);
+    rc = mdb_del(txn, mg_store_dbs(st)->counter, &k, NULL);
+    if (rc != 0 && rc != MDB_NOTFOUND)
+        return rec_fail(rc, "deleting mailbox counters", error_r);
     return MG_OK;
 }
 
@@ -201,6 +259,11 @@ mg_rec_mailbox_list(struct mg_store *st, MDB_txn *txn, struct mg_mailbox **v_r,
             break;
         }
         n++;
+        if (rec_counter_get(st, txn, v[n - 1].id, &v[n - 1].messages,
+                            &v[n - 1].bytes, error_r) != MG_OK) {
+            ret = MG_ERROR;
+            break;
+        }
     }
     mdb_cursor_close(c);
     if (ret == MG_OK && rc != MDB_NOTFOUND)
@@ -339,29 +402,30 @@ static int
 rec_count(struct mg_store *st, MDB_txn *txn, const char *mailbox_id, int sign,
           uint64_t size, bool must_exist, const char **error_r)
 {
-    struct mg_mailbox m;
-    int ret;
+    MDB_val k = {strlen(mailbox_id), (void *)mailbox_id}, v;
+    uint64_t messages, bytes;
+    int rc;
 
-    memset(&m, 0, sizeof(m));
-    ret = mg_rec_mailbox_get(st, txn, mailbox_id, &m, error_r);
-    if (ret == MG_DECLINED) {
+    rc = mdb_get(txn, mg_store_dbs(st)->mailbox, &k, &v);
+    if (rc == MDB_NOTFOUND) {
         if (!must_exist)
             return MG_OK;
         *error_r = rec_error("mailbox %s does not exist", mailbox_id);
         return MG_ERROR;
     }
-    if (ret != MG_OK)
-        return ret;
+    if (rc != 0)
+        return rec_fail(rc, "reading a mailbox", error_r);
+    if (rec_counter_get(st, txn, mailbox_id, &messages, &bytes, error_r) !=
+        MG_OK)
+        return MG_ERROR;
     if (sign > 0) {
-        m.messages++;
-        m.bytes += size;
+        messages++;
+        bytes += size;
     } else {
-        m.messages = m.messages > 0 ? m.messages - 1 : 0;
-        m.bytes = m.bytes > size ? m.bytes - size : 0;
+        messages = messages > 0 ? messages - 1 : 0;
+        bytes = bytes > size ? bytes - size : 0;
     }
-    ret = mg_rec_mailbox_put(st, txn, &m, error_r);
-    mg_mailbox_clear(&m);
-    return ret;
+    return rec_counter_put(st, txn, mailbox_id, messages, bytes, error_r);
 }
 
 int
@@ -385,6 +449,22 @@ mg_rec_msg_publish(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
     if (mg_rec_msg_put(st, txn, mailbox_id, msg_id, &h, error_r) != MG_OK)
         return MG_ERROR;
     return rec_count(st, txn, mailbox_id, 1, h.size, true, error_r);
+}
+
+int
+mg_rec_msg_commit(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                  uint64_t msg_id, const struct mg_msg_header *h, bool publish,
+                  const char **error_r)
+{
+    struct mg_msg_header c = *h;
+
+    /* straight to VISIBLE: one header write, not HELD and then VISIBLE */
+    c.state = publish ? MG_MSG_VISIBLE : MG_MSG_HELD;
+    if (mg_rec_msg_put(st, txn, mailbox_id, msg_id, &c, error_r) != MG_OK)
+        return MG_ERROR;
+    if (!publish)
+        return MG_OK;
+    return rec_count(st, txn, mailbox_id, 1, c.size, true, error_r);
 }
 
 int

@@ -23,17 +23,22 @@ tests_modules_misnamed_la_SOURCES = tests/modules/loader_misnamed.c
 tests_modules_misnamed_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
 
 # test-only store tools (never installed): mg-dump lists and decrypts a
-# mailbox, mg-crashtest drives tests/integration/test_store_crash.py
+# mailbox, mg-crashtest drives tests/integration/test_store_crash.py,
+# mg-corrupt flips a bit of a stored chunk
 MG_TOOL_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS) \
 	$(SODIUM_CFLAGS) $(LMDB_CFLAGS)
 MG_TOOL_LDADD = libmgstore.la libmgcore.la $(SODIUM_LIBS) $(LMDB_LIBS)
-check_PROGRAMS += tests/tools/mg-dump tests/tools/mg-crashtest
+check_PROGRAMS += tests/tools/mg-dump tests/tools/mg-crashtest \
+	tests/tools/mg-corrupt
 tests_tools_mg_dump_SOURCES = tests/tools/mg-dump.c
 tests_tools_mg_dump_CFLAGS = $(MG_TOOL_CFLAGS)
 tests_tools_mg_dump_LDADD = $(MG_TOOL_LDADD)
 tests_tools_mg_crashtest_SOURCES = tests/tools/mg-crashtest.c
 tests_tools_mg_crashtest_CFLAGS = $(MG_TOOL_CFLAGS)
 tests_tools_mg_crashtest_LDADD = $(MG_TOOL_LDADD)
+tests_tools_mg_corrupt_SOURCES = tests/tools/mg-corrupt.c
+tests_tools_mg_corrupt_CFLAGS = $(MG_TOOL_CFLAGS)
+tests_tools_mg_corrupt_LDADD = $(MG_TOOL_LDADD)
 
 if HAVE_CMOCKA
 MG_UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(OPENSSL_CFLAGS) \

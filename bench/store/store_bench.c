@@ -2,25 +2,34 @@
  * bench/store/store_bench.c -- stored messages per second through the
  * real store, next to its baselines, in one process and one run.
  *
- *   mg-store-bench DIR MODE SIZE WRITERS COUNT [PREFILL_DELETE]
+ *   mg-store-bench DIR MODE SIZE WRITERS COUNT [PREFILL [keep]]
  *
  *   store   the daemon's path: per message a writer (vault encryption in
- *           the calling thread, 64 KiB chunks) and a publishing commit,
- *           through the writer thread's group commit
+ *           the calling thread, chunks of MG_VAULT_CHUNK) and a publishing
+ *           commit, through the writer thread's group commit
  *   raw     the same writer thread and batching, one op per message that
  *           puts SIZE unencrypted bytes (LMDB's ceiling with our batching)
- *   fsync   one file per message, written and fsync'd, then the folder
- *           fsync'd (a queue file per message, Postfix style)
+ *   commit  like raw, but every message is a commit of its own (the writer
+ *           thread without group commit: one durable LMDB commit per
+ *           message, unencrypted)
+ *   fsync   one new file per message in the store's own directory (same
+ *           file system, next to data.mdb), written and fsync'd, then the
+ *           directory fsync'd (a queue file per message, Postfix style)
  *   stream  bare crypto_secretstream_xchacha20poly1305 over SIZE bytes in
- *           64 KiB chunks, in memory, WRITERS threads (the cipher's ceiling)
+ *           chunks of MG_VAULT_CHUNK, in memory, WRITERS threads (the
+ *           cipher's ceiling)
  *   vault   the store's encryption path alone (mg_vault_enc_begin: key,
  *           crypto_box_seal; then the chunks), in memory
  *   seal    crypto_box_seal of a 32-byte key (SIZE ignored)
+ *   cipher  stream, vault and seal (5000) taking turns in ten rounds, so
+ *           that all three see the same load; prints a line for each
+ *   pair    store and raw taking turns the same way (COUNT each)
  *
  * WRITERS threads each store COUNT/WRITERS messages and wait for each
  * one's durable completion before the next, like SMTP sessions. With
- * PREFILL_DELETE > 0 the store first takes and deletes that many messages
- * (steady state: freed pages being reused). Prints one line:
+ * PREFILL > 0 the store first takes and deletes that many messages
+ * (steady state: freed pages being reused), or with "keep" takes and
+ * keeps them (a grown store). Prints one line:
  *   mode=store size=65536 writers=32 msgs=2000 secs=1.234 msgs/s=... MB/s=...
  * DIR is emptied first. Not a test: run it from bench/store/run.sh.
  */
@@ -235,8 +244,9 @@ static void
 bench_fsync_one(void)
 {
     uint64_t id = bench_take_id();
-    char *p = mg_xasprintf("%s/q/%llu", bench_dir, (unsigned long long)id);
-    char *dir = mg_xasprintf("%s/q", bench_dir);
+    char *p =
+        mg_xasprintf("%s/store/msg.%llu", bench_dir, (unsigned long long)id);
+    char *dir = mg_xasprintf("%s/store", bench_dir);
     int fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     size_t off = 0;
 
@@ -263,7 +273,7 @@ bench_fsync_one(void)
 static void
 bench_stream_one(void)
 {
-    static _Thread_local unsigned char out[65536 + 17];
+    static _Thread_local unsigned char out[MG_VAULT_CHUNK + MG_VAULT_ABYTES];
     unsigned char key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     unsigned char header[crypto_secretstream_xchacha20poly1305_HEADERBYTES];
     crypto_secretstream_xchacha20poly1305_state st;
@@ -272,7 +282,8 @@ bench_stream_one(void)
     crypto_secretstream_xchacha20poly1305_keygen(key);
     crypto_secretstream_xchacha20poly1305_init_push(&st, header, key);
     do {
-        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+        size_t n = bench_size - off < MG_VAULT_CHUNK ? bench_size - off
+                                                     : MG_VAULT_CHUNK;
         unsigned char tag =
             off + n >= bench_size
                 ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
@@ -290,14 +301,15 @@ static uint8_t bench_pk[MG_VAULT_PK_BYTES];
 static void
 bench_vault_one(void)
 {
-    static _Thread_local uint8_t out[65536 + MG_VAULT_ABYTES];
+    static _Thread_local uint8_t out[MG_VAULT_CHUNK + MG_VAULT_ABYTES];
     uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
     struct mg_vault_enc *e = mg_vault_enc_begin(
         bench_pk, bench_mailbox, bench_take_id(), sealed, header);
     size_t off = 0;
 
     do {
-        size_t n = bench_size - off < 65536 ? bench_size - off : 65536;
+        size_t n = bench_size - off < MG_VAULT_CHUNK ? bench_size - off
+                                                     : MG_VAULT_CHUNK;
 
         mg_vault_enc_push(e, bench_body + off, n, off + n >= bench_size, out);
         off += n;
@@ -319,16 +331,65 @@ static void *
 bench_thread(void *arg)
 {
     unsigned n = (unsigned)(uintptr_t)arg;
-    void (*one)(void) = strcmp(bench_mode, "store") == 0   ? bench_store_one
-                        : strcmp(bench_mode, "raw") == 0   ? bench_raw_one
-                        : strcmp(bench_mode, "fsync") == 0 ? bench_fsync_one
-                        : strcmp(bench_mode, "vault") == 0 ? bench_vault_one
-                        : strcmp(bench_mode, "seal") == 0  ? bench_seal_one
-                                                           : bench_stream_one;
+    void (*one)(void) = strcmp(bench_mode, "store") == 0    ? bench_store_one
+                        : strcmp(bench_mode, "raw") == 0    ? bench_raw_one
+                        : strcmp(bench_mode, "commit") == 0 ? bench_raw_one
+                        : strcmp(bench_mode, "fsync") == 0  ? bench_fsync_one
+                        : strcmp(bench_mode, "vault") == 0  ? bench_vault_one
+                        : strcmp(bench_mode, "seal") == 0   ? bench_seal_one
+                                                            : bench_stream_one;
 
     for (unsigned i = 0; i < n; i++)
         one();
     return NULL;
+}
+
+/* `total` messages of the current mode from bench_writers threads. */
+static void
+bench_run_threads(unsigned total)
+{
+    pthread_t *th = mg_xcalloc(bench_writers, sizeof(*th));
+
+    for (unsigned i = 0; i < bench_writers; i++) {
+        unsigned n =
+            total / bench_writers + (i < total % bench_writers ? 1 : 0);
+
+        pthread_create(&th[i], NULL, bench_thread, (void *)(uintptr_t)n);
+    }
+    for (unsigned i = 0; i < bench_writers; i++)
+        pthread_join(th[i], NULL);
+    free(th);
+}
+
+/* Modes taking turns, ten rounds of a tenth of `counts[k]` each, so that
+ * they see the same load (this machine's neighbours come and go within
+ * seconds); one line for each. */
+static void
+bench_turns(const char *const *kinds, size_t nk, const unsigned *counts,
+            const char *tag)
+{
+    double secs[4] = {0, 0, 0, 0};
+    unsigned n[4] = {0, 0, 0, 0};
+
+    for (int r = 0; r < 10; r++) {
+        for (size_t k = 0; k < nk; k++) {
+            unsigned count = counts[k] / 10;
+            double t0 = bench_now();
+
+            bench_mode = kinds[k];
+            bench_run_threads(count);
+            secs[k] += bench_now() - t0;
+            n[k] += count;
+        }
+    }
+    for (size_t k = 0; k < nk; k++) {
+        size_t size = strcmp(kinds[k], "seal") == 0 ? 0 : bench_size;
+
+        printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
+               "MB/s=%.1f\n",
+               kinds[k], size, bench_writers, n[k], tag, secs[k],
+               n[k] / secs[k], (double)n[k] * (double)size / secs[k] / 1e6);
+    }
 }
 
 /* ----------------------------------------------------------- set-up */
@@ -337,6 +398,9 @@ static void
 bench_open_store(void)
 {
     struct mg_store_config cfg = {.map_size = 64ULL << 30, .recover = true};
+
+    if (strcmp(bench_mode, "commit") == 0)
+        cfg.batch_ops = 1;
     const char *err = NULL;
     char *dir = mg_xasprintf("%s/store", bench_dir);
 
@@ -389,7 +453,8 @@ bench_prepare(uint64_t prefill_delete)
     m.nwraps = 1;
     memset(&setup, 0, sizeof(setup));
     setup.m = &m;
-    setup.nids = bench_count + prefill_delete + 16;
+    setup.nids =
+        2 * (uint64_t)bench_count + prefill_delete + 16; /* pair: two modes */
     setup.op.apply = bench_setup_apply;
     if (mg_store_run(bench_store, &setup.op) != MG_OK)
         bench_die("set-up", setup.op.error);
@@ -421,7 +486,7 @@ bench_del_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 /* Fill with `n` messages and delete them all: the run that follows
  * reuses freed pages, as a gateway does once archivers drain it. */
 static void
-bench_churn(uint64_t n)
+bench_churn(uint64_t n, bool keep)
 {
     uint64_t first = bench_next_id;
     const char *mode = bench_mode;
@@ -430,12 +495,13 @@ bench_churn(uint64_t n)
 
     bench_mode = "store";
     bench_count = (unsigned)n;
-    for (uint64_t i = 0; i < n; i++)
-        bench_store_one();
+    bench_run_threads((unsigned)n);
     memset(&del, 0, sizeof(del));
     del.first = first;
     del.n = n;
     del.op.apply = bench_del_apply;
+    if (keep)
+        del.n = 0;
     if (mg_store_run(bench_store, &del.op) != MG_OK)
         bench_die("delete", del.op.error);
     bench_mode = mode;
@@ -446,15 +512,16 @@ int
 main(int argc, char **argv)
 {
     uint64_t prefill = 0;
-    pthread_t *th;
+    bool keep = false;
     const char *err = NULL;
     double t0, secs;
 
     if (argc < 6) {
-        fprintf(stderr,
-                "usage: %s DIR store|raw|fsync|stream SIZE WRITERS "
-                "COUNT [PREFILL_DELETE]\n",
-                argv[0]);
+        fprintf(
+            stderr,
+            "usage: %s DIR store|raw|pair|commit|fsync|stream|vault|seal|cipher "
+            "SIZE WRITERS COUNT [PREFILL [keep]]\n",
+            argv[0]);
         return 2;
     }
     bench_dir = argv[1];
@@ -464,6 +531,8 @@ main(int argc, char **argv)
     bench_count = (unsigned)strtoul(argv[5], NULL, 10);
     if (argc > 6)
         prefill = strtoull(argv[6], NULL, 10);
+    if (argc > 7)
+        keep = strcmp(argv[7], "keep") == 0;
     if (bench_writers == 0 || bench_count < bench_writers)
         bench_die("arguments", "need WRITERS >= 1 and COUNT >= WRITERS");
     mg_log_setup("mg-store-bench", MG_LOG_WARNING, MG_LOGT_STDERR);
@@ -474,45 +543,60 @@ main(int argc, char **argv)
         bench_die(bench_dir, strerror(errno));
     bench_body = mg_xmalloc(bench_size ? bench_size : 1);
     randombytes_buf(bench_body, bench_size);
-    if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0) {
+    if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0 ||
+        strcmp(bench_mode, "commit") == 0 || strcmp(bench_mode, "pair") == 0) {
         bench_prepare(prefill);
         if (prefill > 0)
-            bench_churn(prefill);
+            bench_churn(prefill, keep);
     } else if (strcmp(bench_mode, "fsync") == 0) {
-        char *q = mg_xasprintf("%s/q", bench_dir);
+        char *q = mg_xasprintf("%s/store", bench_dir);
 
         mkdir(q, 0700);
         free(q);
     } else if (strcmp(bench_mode, "vault") == 0 ||
-               strcmp(bench_mode, "seal") == 0) {
+               strcmp(bench_mode, "seal") == 0 ||
+               strcmp(bench_mode, "cipher") == 0) {
         uint8_t sk[32];
 
         crypto_box_keypair(bench_pk, sk);
         sodium_memzero(sk, sizeof(sk));
     } else if (strcmp(bench_mode, "stream") != 0) {
-        bench_die("mode", "store, raw, fsync, stream, vault or seal");
+        bench_die("mode", "store, raw, commit, fsync, stream, vault, seal, "
+                          "cipher or pair");
+    }
+    if (strcmp(bench_mode, "cipher") == 0 || strcmp(bench_mode, "pair") == 0) {
+        static const char *const cipher[] = {"stream", "vault", "seal"};
+        static const char *const pair[] = {"store", "raw"};
+        unsigned counts[] = {bench_count, bench_count, 5000};
+        bool is_pair = strcmp(bench_mode, "pair") == 0;
+
+        if (bench_count < 10 * bench_writers)
+            bench_die("arguments", "turns need COUNT >= 10 x WRITERS");
+        bench_turns(is_pair ? pair : cipher, is_pair ? 2 : 3, counts,
+                    prefill == 0 ? ""
+                    : keep       ? " grown=1"
+                                 : " steady=1");
+        if (bench_store != NULL)
+            mg_store_close(bench_store);
+        bench_rmtree(bench_dir);
+        free(bench_body);
+        return 0;
     }
 
-    th = mg_xcalloc(bench_writers, sizeof(*th));
     t0 = bench_now();
-    for (unsigned i = 0; i < bench_writers; i++) {
-        unsigned n = bench_count / bench_writers +
-                     (i < bench_count % bench_writers ? 1 : 0);
-
-        pthread_create(&th[i], NULL, bench_thread, (void *)(uintptr_t)n);
-    }
-    for (unsigned i = 0; i < bench_writers; i++)
-        pthread_join(th[i], NULL);
+    bench_run_threads(bench_count);
     secs = bench_now() - t0;
     printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
            "MB/s=%.1f\n",
            bench_mode, bench_size, bench_writers, bench_count,
-           prefill > 0 ? " steady=1" : "", secs, bench_count / secs,
+           prefill == 0 ? ""
+           : keep       ? " grown=1"
+                        : " steady=1",
+           secs, bench_count / secs,
            (double)bench_count * (double)bench_size / secs / 1e6);
     if (bench_store != NULL)
         mg_store_close(bench_store);
     bench_rmtree(bench_dir);
-    free(th);
     free(bench_body);
     return 0;
 }

@@ -357,6 +357,15 @@ struct mg_core_api {
      * new certificate files, e.g. acme). `source` names the cause in the
      * log and in cert.changed. A failed reload keeps the running one. */
     void (*reload)(const char *source);
+
+    /* -- added after the first release: check `size` before use -- */
+
+    /** Is `sa` inside `net`: "192.0.2.0/24", "2001:db8::/32" or one
+     * address? 1 yes, 0 no, MG_ERROR (with *error_r) when `net` is not an
+     * address or network (error_r may be NULL). IPv4-mapped IPv6 peers
+     * match IPv4 networks. A NULL `sa` only checks `net` (0 or MG_ERROR). */
+    int (*net_match)(const char *net, const struct sockaddr *sa,
+                     const char **error_r);
 };
 
 /* ------------------------------------------------------- the descriptor */

@@ -215,6 +215,5 @@ void pop3_throttle_fail(const struct pop3_state *st, const struct mg_peer *p,
 void pop3_throttle_success(const struct pop3_state *st, const struct mg_peer *p,
                            const char *mailbox);
 /** True when `net` is an IP address or a CIDR network. */
-bool pop3_net_valid(const char *net);
 
 #endif /* MG_POP3_ENGINE_H */

@@ -99,7 +99,7 @@ pop3_exempt_load(struct pop3_state *st, const struct config_setting_t *sect,
                  char *err, size_t errsz)
 {
     const struct mg_core_api *api = st->api;
-    const char *net;
+    const char *net, *neterr = NULL;
     size_t n = 0;
 
     while (api->setting_strings(sect, "auth_throttle_exempt", (unsigned)n) !=
@@ -110,11 +110,9 @@ pop3_exempt_load(struct pop3_state *st, const struct config_setting_t *sect,
         abort();
     for (size_t i = 0; i < n; i++) {
         net = api->setting_strings(sect, "auth_throttle_exempt", (unsigned)i);
-        if (!pop3_net_valid(net)) {
-            snprintf(err, errsz,
-                     "pop3: %s: auth_throttle_exempt: \"%.64s\" is not an IP "
-                     "address or CIDR network",
-                     api->setting_where(sect, "auth_throttle_exempt"), net);
+        if (api->net_match(net, NULL, &neterr) != 0) {
+            snprintf(err, errsz, "pop3: %s: auth_throttle_exempt: %s",
+                     api->setting_where(sect, "auth_throttle_exempt"), neterr);
             return MG_ERROR;
         }
         st->throttle_exempt[i] = pop3_strdup(net);

@@ -9,6 +9,8 @@
 
 #include <string.h>
 
+#include <mailgate/base64.h>
+
 #include "pop3.h"
 
 #define POP3_VERB_MAX 8
@@ -184,54 +186,6 @@ pop3_login_mailbox(const char *user, size_t len, const char *domain,
     return MG_OK;
 }
 
-static int
-pop3_b64(int c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-/* RFC 4648 base64 with padding; -1 on bad input or overflow. */
-static long
-pop3_b64_decode(const char *in, size_t len, char *out, size_t outsz)
-{
-    uint32_t acc = 0;
-    size_t o = 0, pad = 0;
-    unsigned bits = 0;
-
-    if (len == 0 || len % 4 != 0)
-        return -1;
-    for (size_t i = 0; i < len; i++) {
-        int v;
-
-        if (in[i] == '=' && i >= len - 2) {
-            pad++;
-            continue;
-        }
-        v = pop3_b64((unsigned char)in[i]);
-        if (v < 0 || pad > 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= outsz)
-                return -1;
-            out[o++] = (char)((acc >> bits) & 0xff);
-        }
-    }
-    return (long)o;
-}
-
 int
 pop3_sasl_plain(const char *b64, size_t len, char *out, size_t outsz,
                 const char **authzid_r, const char **authcid_r,
@@ -242,7 +196,7 @@ pop3_sasl_plain(const char *b64, size_t len, char *out, size_t outsz,
 
     if (outsz < 2)
         return MG_ERROR;
-    n = pop3_b64_decode(b64, len, out, outsz - 1);
+    n = mg_base64_decode(b64, len, out, outsz - 1);
     if (n <= 0)
         return MG_ERROR;
     out[n] = '\0';
@@ -272,35 +226,49 @@ pop3_stuff_init(struct pop3_stuff *st, uint64_t limit)
     st->last[1] = '\n';
 }
 
+/* A line has ended (its LF was just copied): count it against the TOP
+ * limit, or notice the empty line that ends the header. */
+static void
+stuff_line_end(struct pop3_stuff *st)
+{
+    if (!st->in_body) {
+        /* empty when nothing or only a CR came before the LF */
+        if (st->linelen == 0 || (st->linelen == 1 && st->last[0] == '\r')) {
+            st->in_body = true;
+            if (st->limit == 0)
+                st->done = true;
+        }
+    } else if (st->limit != POP3_ALL_LINES && ++st->lines >= st->limit) {
+        st->done = true;
+    }
+    st->linelen = 0;
+}
+
+/* Whole lines at a time (memchr and memcpy): byte-at-a-time copying was
+ * the largest user-space cost of a RETR. */
 size_t
 pop3_stuff_feed(struct pop3_stuff *st, const char *in, size_t len, char *out,
                 size_t *outlen)
 {
-    size_t o = *outlen, i;
+    size_t o = *outlen, i = 0;
 
-    for (i = 0; i < len && !st->done; i++) {
-        char c = in[i];
+    while (i < len && !st->done) {
+        const char *lf = memchr(in + i, '\n', len - i);
+        size_t seg = lf != NULL ? (size_t)(lf - (in + i)) + 1 : len - i;
 
-        if (st->linelen == 0 && c == '.')
+        if (st->linelen == 0 && in[i] == '.')
             out[o++] = '.';
-        out[o++] = c;
-        st->last[0] = st->last[1];
-        st->last[1] = c;
-        if (c != '\n') {
-            st->linelen++;
-            continue;
+        memcpy(out + o, in + i, seg);
+        o += seg;
+        st->last[0] = seg >= 2 ? in[i + seg - 2] : st->last[1];
+        st->last[1] = in[i + seg - 1];
+        i += seg;
+        if (lf == NULL) {
+            st->linelen += seg;
+            break;
         }
-        /* a line ended: empty when nothing or only a CR came before */
-        if (!st->in_body) {
-            if (st->linelen == 0 || (st->linelen == 1 && st->last[0] == '\r')) {
-                st->in_body = true;
-                if (st->limit == 0)
-                    st->done = true;
-            }
-        } else if (st->limit != POP3_ALL_LINES && ++st->lines >= st->limit) {
-            st->done = true;
-        }
-        st->linelen = 0;
+        st->linelen += seg - 1; /* the bytes before the LF */
+        stuff_line_end(st);
     }
     *outlen = o;
     return i;

@@ -45,9 +45,8 @@ pop3_retr_free(struct pop3_session *s)
     s->rlen = 0;
 }
 
-/* The reader carries no conn id (msg_open takes none): the session is
- * the argument. That is safe because the session closes its reader when
- * it is freed, and a closed reader never calls back. */
+/* The session is the argument: it closes its reader when it is freed,
+ * and a closed reader never calls back. */
 static void
 pop3_read_resume(uint64_t conn_id, void *arg)
 {

@@ -46,89 +46,6 @@ pop3_th_hash(const char *s)
     return h;
 }
 
-/* Parse "addr" or "addr/prefix" into its bytes, family and prefix. */
-static bool
-pop3_net_parse(const char *net, unsigned char want[16], int *fam_r, int *bits_r)
-{
-    char buf[64];
-    const char *slash = strchr(net, '/');
-    size_t alen = slash != NULL ? (size_t)(slash - net) : strlen(net);
-    int maxbits;
-
-    if (alen == 0 || alen >= sizeof(buf))
-        return false;
-    memcpy(buf, net, alen);
-    buf[alen] = '\0';
-    if (inet_pton(AF_INET, buf, want) == 1) {
-        *fam_r = AF_INET;
-        maxbits = 32;
-    } else if (inet_pton(AF_INET6, buf, want) == 1) {
-        *fam_r = AF_INET6;
-        maxbits = 128;
-    } else {
-        return false;
-    }
-    *bits_r = maxbits;
-    if (slash != NULL) {
-        char *end;
-        long v = strtol(slash + 1, &end, 10);
-
-        if (slash[1] < '0' || slash[1] > '9' || *end != '\0' || v < 0 ||
-            v > maxbits)
-            return false;
-        *bits_r = (int)v;
-    }
-    return true;
-}
-
-bool
-pop3_net_valid(const char *net)
-{
-    unsigned char want[16];
-    int fam, bits;
-
-    return pop3_net_parse(net, want, &fam, &bits);
-}
-
-/* Is sa inside "addr" or "addr/prefix"? */
-static bool
-pop3_net_match(const char *net, const struct sockaddr_storage *sa)
-{
-    unsigned char want[16], have[16];
-    int fam, bits;
-    size_t nbytes;
-
-    if (!pop3_net_parse(net, want, &fam, &bits))
-        return false;
-    if (sa->ss_family == AF_INET) {
-        if (fam != AF_INET)
-            return false;
-        memcpy(have, &((const struct sockaddr_in *)sa)->sin_addr, 4);
-    } else if (sa->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-
-        if (fam == AF_INET) {
-            if (!IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
-                return false;
-            memcpy(have, &in6->sin6_addr.s6_addr[12], 4);
-        } else {
-            memcpy(have, &in6->sin6_addr, 16);
-        }
-    } else {
-        return false;
-    }
-    nbytes = (size_t)bits / 8;
-    if (memcmp(want, have, nbytes) != 0)
-        return false;
-    if (bits % 8 != 0) {
-        unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
-
-        if ((want[nbytes] & mask) != (have[nbytes] & mask))
-            return false;
-    }
-    return true;
-}
-
 /* The client as counted: its IPv4 address, or its IPv6 /64. */
 static void
 pop3_th_client(const struct mg_peer *p, char *out, size_t size)
@@ -150,7 +67,8 @@ static bool
 pop3_th_exempt(const struct pop3_state *st, const struct mg_peer *p)
 {
     for (size_t i = 0; i < st->nthrottle_exempt; i++) {
-        if (pop3_net_match(st->throttle_exempt[i], &p->sa))
+        if (pop3_api->net_match(st->throttle_exempt[i],
+                                (const struct sockaddr *)&p->sa, NULL) == 1)
             return true;
     }
     return false;

@@ -9,52 +9,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include <mailgate/base64.h>
 #include <mailgate/module.h>
 
 #include "smtp_session.h"
-
-/* Standard base64 (RFC 4648) into out; -1 on bad input or overflow. */
-static long
-smtp_b64_decode(const char *in, size_t len, char *out, size_t outsz)
-{
-    uint32_t acc = 0;
-    size_t o = 0, i, pad = 0;
-    unsigned bits = 0;
-
-    if (len % 4 != 0)
-        return -1;
-    for (i = 0; i < len; i++) {
-        int v;
-        char ch = in[i];
-
-        if (ch >= 'A' && ch <= 'Z')
-            v = ch - 'A';
-        else if (ch >= 'a' && ch <= 'z')
-            v = ch - 'a' + 26;
-        else if (ch >= '0' && ch <= '9')
-            v = ch - '0' + 52;
-        else if (ch == '+')
-            v = 62;
-        else if (ch == '/')
-            v = 63;
-        else if (ch == '=' && i >= len - 2) {
-            pad++;
-            continue;
-        } else
-            return -1;
-        if (pad > 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= outsz)
-                return -1;
-            out[o++] = (char)((acc >> bits) & 0xff);
-        }
-    }
-    return (long)o;
-}
 
 void
 smtp_auth_wipe(struct smtp_session *s)
@@ -172,7 +130,7 @@ smtp_auth_response(struct smtp_session *s, const char *b64, size_t len)
     }
     if (len == 1 && b64[0] == '=')
         len = 0;
-    n = smtp_b64_decode(b64, len, buf, sizeof(buf));
+    n = mg_base64_decode(b64, len, buf, sizeof(buf));
     if (n < 0 || (strcmp(s->auth_mech, "LOGIN") == 0 &&
                   memchr(buf, '\0', (size_t)n) != NULL)) {
         smtp_wipe(buf, sizeof(buf));

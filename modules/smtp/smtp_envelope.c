@@ -221,71 +221,6 @@ smtp_rcpt_release(struct smtp_session *s)
     s->pend_mbox = NULL;
 }
 
-/* Is the peer inside a network "addr" or "addr/prefix"? The module has no
- * access to the core's netaddr, so this is its own small matcher. */
-static bool
-smtp_net_match(const char *net, const struct sockaddr_storage *sa)
-{
-    unsigned char want[16], have[16];
-    char buf[64];
-    const char *slash = strchr(net, '/');
-    size_t alen = slash != NULL ? (size_t)(slash - net) : strlen(net);
-    int fam, maxbits, bits;
-    size_t nbytes;
-
-    if (alen == 0 || alen >= sizeof(buf))
-        return false;
-    memcpy(buf, net, alen);
-    buf[alen] = '\0';
-    if (inet_pton(AF_INET, buf, want) == 1) {
-        fam = AF_INET;
-        maxbits = 32;
-    } else if (inet_pton(AF_INET6, buf, want) == 1) {
-        fam = AF_INET6;
-        maxbits = 128;
-    } else {
-        return false;
-    }
-    bits = maxbits;
-    if (slash != NULL) {
-        char *end;
-        long v = strtol(slash + 1, &end, 10);
-
-        if (slash[1] == '\0' || *end != '\0' || v < 0 || v > maxbits)
-            return false;
-        bits = (int)v;
-    }
-    if (sa->ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-
-        if (fam != AF_INET)
-            return false;
-        memcpy(have, &in->sin_addr, 4);
-    } else if (sa->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-
-        if (fam == AF_INET) {
-            if (!IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr))
-                return false;
-            memcpy(have, &in6->sin6_addr.s6_addr[12], 4);
-        } else {
-            memcpy(have, &in6->sin6_addr, 16);
-        }
-    } else {
-        return false;
-    }
-    nbytes = (size_t)bits / 8;
-    if (memcmp(want, have, nbytes) != 0)
-        return false;
-    if (bits % 8 != 0) {
-        unsigned char mask = (unsigned char)(0xff << (8 - bits % 8));
-
-        if ((want[nbytes] & mask) != (have[nbytes] & mask))
-            return false;
-    }
-    return true;
-}
-
 static void
 smtp_rcpt_cont(struct smtp_session *s, enum mg_verdict v)
 {
@@ -325,9 +260,12 @@ smtp_rcpt_cont(struct smtp_session *s, enum mg_verdict v)
         smtp_error(s, 550, "5.7.1", "Mailbox does not accept journal mail");
     } else {
         bool net_ok = mi->nnetworks == 0;
+        const char *neterr = NULL; /* networks are checked when set */
 
         for (size_t i = 0; i < mi->nnetworks && !net_ok; i++)
-            net_ok = smtp_net_match(mi->networks[i], &p->sa);
+            net_ok = smtp_api->net_match(mi->networks[i],
+                                         (const struct sockaddr *)&p->sa,
+                                         &neterr) == 1;
         if (!net_ok)
             smtp_error(s, 550, "5.7.1", "Sender network not allowed");
         else if (mi->require_tls && !p->tls)

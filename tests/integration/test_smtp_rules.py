@@ -379,3 +379,50 @@ def test_data_with_pipelined_bytes_before_354(make_smtp, certs):
     assert lines[0].startswith(b"250") and lines[1].startswith(b"250"), data
     assert lines[2].startswith(b"554 5.5.0"), data
     assert mg_dump(d, mb) == []
+
+
+def _edit(d, mb, *args):
+    r = d.ctl("mailbox", "edit", mb["id"], *args)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mailbox_sender_networks(make_smtp, certs):
+    """A mailbox limited to sender networks refuses other senders with
+    550 5.7.1 at RCPT; the change reaches the running daemon at once."""
+    d = make_smtp()
+    mb = mailbox_create(d)
+    _edit(d, mb, "--sender-networks", "10.0.0.0/8,2001:db8::/32")
+    c = session(d.smtp_port, certs)
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    code, text = c.code("RCPT TO:<%s>" % addr(mb))
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    # a network that holds the client (with host bits set: the network)
+    _edit(d, mb, "--sender-networks", "10.0.0.0/8,127.1.2.3/8")
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    c.data(sample_message("net"))
+    _edit(d, mb, "--sender-networks", "any")
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    c.data(sample_message("any"))
+    assert len(mg_dump(d, mb)) == 2
+
+
+def test_mailbox_require_tls(make_smtp, certs):
+    """A mailbox that requires TLS refuses a plaintext sender with 550
+    5.7.1 and accepts the same sender after STARTTLS."""
+    d = make_smtp()
+    mb = mailbox_create(d)
+    _edit(d, mb, "--require-tls", "yes")
+    c = connect(d.smtp_port)
+    c.ehlo()
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    code, text = c.code("RCPT TO:<%s>" % addr(mb))
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    assert "TLS" in text, text
+    c.expect("RSET", 250)
+    c.starttls(tls_client_ctx(certs))
+    c.ehlo()
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 250)
+    c.data(sample_message("tls"))
+    assert len(mg_dump(d, mb)) == 1

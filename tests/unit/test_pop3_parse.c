@@ -4,6 +4,7 @@
 
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -284,6 +285,48 @@ test_top_lines(void **state)
     stuff_is("H: 1\r\n\r\nb1", 5, "H: 1\r\n\r\nb1\r\n.\r\n");
 }
 
+/* A plain oracle for RETR: a '.' first on a line is doubled; the end is
+ * [CRLF] ".CRLF". Random inputs of dots, CRs, LFs and letters, fed in
+ * random pieces, must give the same bytes. */
+static void
+test_stuffing_random(void **state)
+{
+    static const char alphabet[] = ".\r\na";
+    char in[256], want[600];
+
+    (void)state;
+    srand(1939);
+    for (int round = 0; round < 2000; round++) {
+        size_t len = (size_t)rand() % sizeof(in), w = 0;
+
+        for (size_t i = 0; i < len; i++) {
+            in[i] = alphabet[rand() % 4];
+            if (in[i] == '.' && (i == 0 || in[i - 1] == '\n'))
+                want[w++] = '.';
+            want[w++] = in[i];
+        }
+        /* the encoder starts as if after a CRLF: nothing is added to an
+         * empty message */
+        char before_last = len >= 2 ? in[len - 2] : len == 1 ? '\n' : '\r';
+        char last = len >= 1 ? in[len - 1] : '\n';
+
+        if (before_last != '\r' || last != '\n') {
+            want[w++] = '\r';
+            want[w++] = '\n';
+        }
+        memcpy(want + w, ".\r\n", 4);
+
+        size_t olen;
+        char *out = stuff_all(in, len, POP3_ALL_LINES,
+                              1 + (size_t)rand() % (len + 1), &olen);
+
+        bool same = olen == w + 3 && memcmp(out, want, w + 3) == 0;
+
+        free(out);
+        assert_true(same);
+    }
+}
+
 static void
 test_stuffing_bound(void **state)
 {
@@ -316,6 +359,7 @@ main(void)
         cmocka_unit_test(test_stuffing),
         cmocka_unit_test(test_top_lines),
         cmocka_unit_test(test_stuffing_bound),
+        cmocka_unit_test(test_stuffing_random),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -324,15 +324,25 @@ count_chunks(struct mg_store *st, const char *mbox, uint64_t id)
 
 /* --------------------------------------------------------------- open */
 
-static int
-put_format(struct mg_store *st, MDB_txn *txn, void *ctx, const char **error_r)
+/* Rewrite the format record of a closed store with LMDB itself (a store
+ * of another format cannot be opened to do it). */
+static void
+set_format(const char *path, uint8_t format)
 {
-    uint8_t v[4] = {0, 0, 0, 2};
+    uint8_t v[4] = {0, 0, 0, format};
     MDB_val k = {6, "format"}, d = {4, v};
+    MDB_env *env;
+    MDB_txn *txn;
+    MDB_dbi dbi;
 
-    (void)ctx;
-    (void)error_r;
-    return mdb_put(txn, mg_store_dbs(st)->meta, &k, &d, 0);
+    assert_int_equal(mdb_env_create(&env), 0);
+    assert_int_equal(mdb_env_set_maxdbs(env, 16), 0);
+    assert_int_equal(mdb_env_open(env, path, 0, 0600), 0);
+    assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+    assert_int_equal(mdb_dbi_open(txn, "meta", 0, &dbi), 0);
+    assert_int_equal(mdb_put(txn, dbi, &k, &d, 0), 0);
+    assert_int_equal(mdb_txn_commit(txn), 0);
+    mdb_env_close(env);
 }
 
 static void
@@ -368,19 +378,30 @@ test_open_format_epoch(void **state)
     assert_int_equal(mg_store_read_begin(f->st, &txn, &error), MG_OK);
     assert_int_equal(mdb_get(txn, mg_store_dbs(f->st)->meta, &k, &v), 0);
     assert_int_equal(v.mv_size, 4);
-    assert_memory_equal(v.mv_data, "\0\0\0\1", 4);
+    assert_memory_equal(v.mv_data, "\0\0\0\2", 4);
     mg_store_read_end(f->st, txn);
     assert_false(mg_store_low_space(f->st));
 
     reopen(f);
     assert_string_equal(mg_store_epoch(f->st), epoch);
 
-    /* a newer format is refused with a clear message */
-    assert_int_equal(run_write(f->st, put_format, NULL, NULL), MG_OK);
+    /* an older format (1: counters in the mailbox record, 64 KiB chunks)
+     * is refused with a clear message, read-only as well */
     mg_store_close(f->st);
     f->st = NULL;
+    set_format(f->path, 1);
     assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_ERROR);
-    assert_non_null(strstr(error, "store format 2 is newer"));
+    assert_non_null(strstr(error, "store format 1 is older"));
+    assert_non_null(strstr(error, "new store"));
+    cfg.read_only = true;
+    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_ERROR);
+    assert_non_null(strstr(error, "store format 1 is older"));
+    cfg.read_only = false;
+
+    /* a newer format is refused with a clear message */
+    set_format(f->path, 3);
+    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_ERROR);
+    assert_non_null(strstr(error, "store format 3 is newer"));
     assert_non_null(strstr(error, "upgrade mailgated"));
     f->st = open_store(f->dir, 0, false); /* for teardown: another store */
 }
