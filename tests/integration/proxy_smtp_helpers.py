@@ -75,8 +75,9 @@ class Upstream:
             password = auth_data.password.decode()
             up.logins.append((mechanism, login, password,
                               session.ssl is not None))
+            # handled=False: aiosmtpd answers 535 itself
             return AuthResult(success=(login == UP_USER and
-                                       password == UP_PASS))
+                                       password == UP_PASS), handled=False)
 
         kw = dict(hostname="127.0.0.1", port=self.port,
                   server_hostname="upstream.test", auth_required=True,
