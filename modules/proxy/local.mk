@@ -27,6 +27,12 @@ tests_unit_test_proxy_target_SOURCES = tests/unit/test_proxy_target.c \
 tests_unit_test_proxy_target_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
 tests_unit_test_proxy_target_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
 tests_unit_test_proxy_target_LDADD = $(CMOCKA_LIBS)
+MG_UNIT_TESTS += tests/unit/test_proxy_smtp_reply
+tests_unit_test_proxy_smtp_reply_SOURCES = tests/unit/test_proxy_smtp_reply.c \
+	modules/proxy/proxy_smtp_reply.c
+tests_unit_test_proxy_smtp_reply_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
+tests_unit_test_proxy_smtp_reply_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
+tests_unit_test_proxy_smtp_reply_LDADD = $(CMOCKA_LIBS)
 endif
 
 # the fuzz target replays its seed corpus under `make check`; `make
