@@ -61,6 +61,8 @@ session_free(struct psmtp_session *s)
     }
     if (s->timer != 0)
         s->st->api->timer_cancel(s->timer);
+    if (s->up != NULL)
+        s->st->api->conn->close(s->up);
     if (s->pass != NULL) {
         proxy_wipe(s->pass, s->passlen);
         free(s->pass);
