@@ -136,6 +136,7 @@ struct psmtp_session {
     unsigned depth;
     bool dead;       /* freed at the last leave */
     bool connecting; /* connect() will call back */
+    bool reading;    /* in the upstream's read loop */
     uint64_t timer;  /* checks that the client is still there */
     char peer[64];
     char peer_tls[96];

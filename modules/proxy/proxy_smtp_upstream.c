@@ -166,6 +166,8 @@ up_login_fail(struct psmtp_session *s, const char *what)
 }
 
 /* A complete reply during the login. */
+static void up_read_loop(struct psmtp_session *s);
+
 static void
 up_login_reply(struct psmtp_session *s)
 {
@@ -275,9 +277,21 @@ up_login_reply(struct psmtp_session *s)
 }
 
 /* Read what the upstream sent: complete replies go to the login or the
- * relay. */
+ * relay. Not re-entered: a handshake that completes inside starttls(), or
+ * a TLS write that reads, may deliver input while a reply is being
+ * handled; the loop below reads it once that reply is done with. */
 static void
 up_read(struct psmtp_session *s)
+{
+    if (s->reading)
+        return;
+    s->reading = true;
+    up_read_loop(s);
+    s->reading = false;
+}
+
+static void
+up_read_loop(struct psmtp_session *s)
 {
     while (s->up != NULL && !s->dead) {
         const char *line, *why = NULL, *rest;
