@@ -1,4 +1,5 @@
-## modules/proxy: the recording proxy (POP3 half: pop3.login takeover);
+## modules/proxy: the recording proxy (POP3 half: pop3.login takeover;
+## SMTP half: smtp.auth with keep_engine and the per-command hooks);
 ## built against the public headers only, like a third-party module
 pkglib_LTLIBRARIES += modules/proxy/proxy.la
 modules_proxy_proxy_la_SOURCES = \
@@ -9,6 +10,11 @@ modules_proxy_proxy_la_SOURCES = \
 	modules/proxy/proxy_upstream.c \
 	modules/proxy/proxy_record.c \
 	modules/proxy/proxy_pop3.c \
+	modules/proxy/proxy_smtp.h \
+	modules/proxy/proxy_smtp.c \
+	modules/proxy/proxy_smtp_upstream.c \
+	modules/proxy/proxy_smtp_relay.c \
+	modules/proxy/proxy_smtp_reply.c \
 	modules/proxy/proxy_module.c
 modules_proxy_proxy_la_CPPFLAGS = -I$(top_builddir)/include \
 	-I$(top_srcdir)/include -I$(top_srcdir)/modules/proxy
@@ -21,6 +27,12 @@ tests_unit_test_proxy_target_SOURCES = tests/unit/test_proxy_target.c \
 tests_unit_test_proxy_target_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
 tests_unit_test_proxy_target_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
 tests_unit_test_proxy_target_LDADD = $(CMOCKA_LIBS)
+MG_UNIT_TESTS += tests/unit/test_proxy_smtp_reply
+tests_unit_test_proxy_smtp_reply_SOURCES = tests/unit/test_proxy_smtp_reply.c \
+	modules/proxy/proxy_smtp_reply.c
+tests_unit_test_proxy_smtp_reply_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
+tests_unit_test_proxy_smtp_reply_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS)
+tests_unit_test_proxy_smtp_reply_LDADD = $(CMOCKA_LIBS)
 endif
 
 # the fuzz target replays its seed corpus under `make check`; `make

@@ -1,7 +1,8 @@
 /*
  * modules/proxy/proxy_module.c -- the proxy module's descriptor, settings
  * and hook registration. It has no listeners of its own: the pop3 engine
- * hands it `user%server%mailbox` logins through pop3.login.
+ * hands it `user%server%mailbox` logins through pop3.login, the smtp
+ * engine through smtp.auth (proxy_smtp.c).
  */
 #include "config.h"
 
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "proxy.h"
+#include "proxy_smtp.h"
 
 static const struct mg_setting proxy_settings[] = {
     {.name = "ca_file", .type = MG_SET_STRING},
@@ -143,7 +145,8 @@ proxy_configure(struct mg_modctx *m, const struct mg_core_api *api,
             *p = '-';
     }
     if (api->hook_add(m, "pop3.login", 50, proxy_pop3_login, st, error_r) !=
-        MG_OK) {
+            MG_OK ||
+        proxy_smtp_hooks(m, api, st, error_r) != MG_OK) {
         proxy_release(st);
         return MG_ERROR;
     }
