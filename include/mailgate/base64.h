@@ -1,6 +1,6 @@
 /*
- * include/mailgate/base64.h -- standard base64 decoding (RFC 4648 §4, with
- * padding) for SASL exchanges. Header-only, so that a module's pure parser
+ * include/mailgate/base64.h -- standard base64 (RFC 4648 §4, with padding)
+ * for SASL exchanges. Header-only, so that a module's pure parser
  * can use it without the core's API table.
  */
 #ifndef MG_BASE64_H
@@ -59,6 +59,31 @@ mg_base64_decode(const char *in, size_t len, void *out, size_t outsz)
         }
     }
     return (long)n;
+}
+
+/** Encode `len` bytes into out, which holds 4 * ((len + 2) / 3) + 1
+ * bytes; the text is NUL-terminated. */
+static inline void
+mg_base64_encode(const void *in, size_t len, char *out)
+{
+    static const char tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = in;
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)p[i] << 16;
+
+        if (i + 1 < len)
+            v |= (uint32_t)p[i + 1] << 8;
+        if (i + 2 < len)
+            v |= p[i + 2];
+        out[o++] = tab[(v >> 18) & 63];
+        out[o++] = tab[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tab[v & 63] : '=';
+    }
+    out[o] = '\0';
 }
 
 #endif /* MG_BASE64_H */

@@ -61,6 +61,19 @@ void proxy_policy_free(struct proxy_policy *p);
 void proxy_policy_mailbox(struct proxy_policy *p, char *const *targets,
                           size_t n);
 
+/**
+ * The checks of a proxy login before anything else happens, shared by
+ * the POP3 and SMTP halves: the name `remote%target%mailbox`, the store,
+ * the mailbox (exists, active, accepts proxy sessions) and its own target
+ * list, parsed into *policy (its `login` must be pointed at the session's
+ * copy of *login). MG_PASS: not a proxy login, the engine's own; MG_ACCEPT:
+ * admitted; MG_TEMPFAIL or MG_PERMFAIL with *text_r for the client.
+ */
+enum mg_verdict proxy_admit(struct proxy_state *st, uint64_t conn_id,
+                            const char *user, int default_port,
+                            struct proxy_login *login,
+                            struct proxy_policy *policy, const char **text_r);
+
 /** The upstream's answers the relay needs. */
 struct proxy_caps {
     bool stls, user, sasl_plain, uidl, top, pipelining, resp_codes;

@@ -131,3 +131,51 @@ proxy_policy_filter(struct proxy_policy *p, const struct sockaddr *sa,
              l->upstream, text, cls);
     return MG_DECLINED;
 }
+
+enum mg_verdict
+proxy_admit(struct proxy_state *st, uint64_t conn_id, const char *user,
+            int default_port, struct proxy_login *login,
+            struct proxy_policy *policy, const char **text_r)
+{
+    const struct mg_core_api *api = st->api;
+    struct mg_mailbox_info info;
+    const char *why = NULL;
+    static char text[480];
+    int r = proxy_login_parse(user, default_port, login, &why);
+
+    if (r == 1)
+        return MG_PASS;
+    if (r != 0) {
+        api->log(st->m, MG_LOG_INFO, "conn %llu: malformed proxy login: %s",
+                 (unsigned long long)conn_id, why);
+        snprintf(text, sizeof(text), "Malformed proxy login: %s", why);
+        *text_r = text;
+        return MG_PERMFAIL;
+    }
+    if (api->store == NULL) {
+        *text_r = "No store";
+        return MG_TEMPFAIL;
+    }
+    r = api->store->mailbox_get(login->mailbox, &info, &why);
+    if (r == MG_DECLINED) {
+        *text_r = "Proxy login refused: no such mailbox";
+        return MG_PERMFAIL;
+    }
+    if (r != MG_OK) {
+        *text_r = "Mailbox unavailable; try again later";
+        return MG_TEMPFAIL;
+    }
+    if (!info.active || !info.accept_proxy) {
+        bool active = info.active;
+
+        api->store->mailbox_info_free(&info);
+        *text_r = active ? "This mailbox does not accept proxy sessions"
+                         : "This mailbox is suspended";
+        return active ? MG_PERMFAIL : MG_TEMPFAIL;
+    }
+    memset(policy, 0, sizeof(*policy));
+    policy->st = st;
+    proxy_policy_mailbox(policy, info.targets, info.ntargets);
+    api->store->mailbox_info_free(&info);
+    return MG_ACCEPT;
+}

@@ -275,44 +275,21 @@ enum mg_verdict
 proxy_pop3_login(struct mg_hook_call *call, void *arg)
 {
     struct proxy_state *st = arg;
-    const struct mg_core_api *api = st->api;
     struct mg_hook_pop3_login *h = call->data;
-    struct mg_mailbox_info info;
     struct proxy_login login;
+    struct proxy_policy policy;
     struct proxy_session *s;
     const struct mg_peer *peer;
     const char *why = NULL;
     static char text[480];
-    int r;
+    enum mg_verdict v;
 
-    r = proxy_login_parse(h->user, 995, &login, &why);
-    if (r == 1)
+    v = proxy_admit(st, call->conn_id, h->user, 995, &login, &policy, &why);
+    if (v == MG_PASS)
         return MG_PASS; /* not a proxy login: the engine's own */
-    if (r != 0) {
-        api->log(st->m, MG_LOG_INFO, "conn %llu: malformed proxy login: %s",
-                 (unsigned long long)call->conn_id, why);
-        snprintf(text, sizeof(text), "Malformed proxy login: %s", why);
-        return login_refuse(call, MG_PERMFAIL, "AUTH", text);
-    }
-    if (api->store == NULL)
-        return login_refuse(call, MG_TEMPFAIL, "SYS/TEMP", "No store");
-    r = api->store->mailbox_get(login.mailbox, &info, &why);
-    if (r == MG_DECLINED)
-        return login_refuse(call, MG_PERMFAIL, "AUTH",
-                            "Proxy login refused: no such mailbox");
-    if (r != MG_OK)
-        return login_refuse(call, MG_TEMPFAIL, "SYS/TEMP",
-                            "Mailbox unavailable; try again later");
-    if (!info.active || !info.accept_proxy) {
-        bool active = info.active;
-
-        api->store->mailbox_info_free(&info);
-        return active ? login_refuse(call, MG_PERMFAIL, "AUTH",
-                                     "This mailbox does not accept proxy "
-                                     "sessions")
-                      : login_refuse(call, MG_TEMPFAIL, "SYS/TEMP",
-                                     "This mailbox is suspended");
-    }
+    if (v != MG_ACCEPT)
+        return login_refuse(call, v, v == MG_TEMPFAIL ? "SYS/TEMP" : "AUTH",
+                            why);
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         abort();
@@ -320,10 +297,8 @@ proxy_pop3_login(struct mg_hook_call *call, void *arg)
     s->id = call->conn_id;
     s->call_id = call->id;
     s->login = login;
-    s->policy.st = st;
+    s->policy = policy;
     s->policy.login = &s->login;
-    proxy_policy_mailbox(&s->policy, info.targets, info.ntargets);
-    api->store->mailbox_info_free(&info);
     s->passlen = strlen(h->password);
     s->pass = malloc(s->passlen + 1);
     if (s->pass == NULL)

@@ -238,44 +238,22 @@ enum mg_verdict
 proxy_smtp_auth(struct mg_hook_call *call, void *arg)
 {
     struct proxy_state *st = arg;
-    const struct mg_core_api *api = st->api;
     struct mg_hook_smtp_auth *h = call->data;
-    struct mg_mailbox_info info;
     struct proxy_login login;
+    struct proxy_policy policy;
     struct psmtp_session *s;
     const struct mg_peer *peer = h->s->peer;
     const char *why = NULL;
     static char text[480];
     int port = h->s->listener_tls == MG_TLS_IMPLICIT ? 465 : 587;
-    int r;
+    enum mg_verdict v;
 
-    r = proxy_login_parse(h->user, port, &login, &why);
-    if (r == 1)
+    v = proxy_admit(st, call->conn_id, h->user, port, &login, &policy, &why);
+    if (v == MG_PASS)
         return MG_PASS; /* not a proxy login */
-    if (r != 0) {
-        api->log(st->m, MG_LOG_INFO, "conn %llu: malformed proxy login: %s",
-                 (unsigned long long)call->conn_id, why);
-        snprintf(text, sizeof(text), "Malformed proxy login: %s", why);
-        return refuse(call, MG_PERMFAIL, 535, "5.7.8", text);
-    }
-    if (api->store == NULL)
-        return refuse(call, MG_TEMPFAIL, 454, "4.7.0", "No store");
-    r = api->store->mailbox_get(login.mailbox, &info, &why);
-    if (r == MG_DECLINED)
-        return refuse(call, MG_PERMFAIL, 535, "5.7.8",
-                      "Proxy login refused: no such mailbox");
-    if (r != MG_OK)
-        return refuse(call, MG_TEMPFAIL, 454, "4.7.0",
-                      "Mailbox unavailable; try again later");
-    if (!info.active || !info.accept_proxy) {
-        bool active = info.active;
-
-        api->store->mailbox_info_free(&info);
-        return active ? refuse(call, MG_PERMFAIL, 535, "5.7.8",
-                               "This mailbox does not accept proxy sessions")
-                      : refuse(call, MG_TEMPFAIL, 454, "4.7.0",
-                               "This mailbox is suspended");
-    }
+    if (v != MG_ACCEPT)
+        return v == MG_TEMPFAIL ? refuse(call, v, 454, "4.7.0", why)
+                                : refuse(call, v, 535, "5.7.8", why);
     s = calloc(1, sizeof(*s));
     if (s == NULL)
         abort();
@@ -284,10 +262,8 @@ proxy_smtp_auth(struct mg_hook_call *call, void *arg)
     s->call_id = call->id;
     s->wait = PW_LOGIN;
     s->login = login;
-    s->policy.st = st;
+    s->policy = policy;
     s->policy.login = &s->login;
-    proxy_policy_mailbox(&s->policy, info.targets, info.ntargets);
-    api->store->mailbox_info_free(&info);
     s->passlen = strlen(h->password);
     s->pass = malloc(s->passlen + 1);
     if (s->pass == NULL)

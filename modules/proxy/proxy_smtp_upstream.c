@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mailgate/base64.h>
+
 #include "proxy_smtp.h"
 
 static const struct mg_conn_api *
@@ -73,28 +75,6 @@ psmtp_upstream_quit(struct psmtp_session *s)
 
 /* ------------------------------------------------------------ login */
 
-static void
-up_b64(const unsigned char *in, size_t len, char *out)
-{
-    static const char tab[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-
-        if (i + 1 < len)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = tab[(v >> 18) & 63];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tab[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
-
 /* Send `prefix` + base64(raw) + CRLF, and wipe everything. */
 static void
 up_send_b64(struct psmtp_session *s, const char *prefix, unsigned char *raw,
@@ -106,7 +86,7 @@ up_send_b64(struct psmtp_session *s, const char *prefix, unsigned char *raw,
     if (line == NULL)
         abort();
     memcpy(line, prefix, pl);
-    up_b64(raw, n, line + pl);
+    mg_base64_encode(raw, n, line + pl);
     memcpy(line + pl + bl, "\r\n", 2);
     psmtp_upstream_send(s, line, pl + bl + 2);
     proxy_wipe(line, pl + bl + 2);

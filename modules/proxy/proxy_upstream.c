@@ -13,6 +13,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <mailgate/base64.h>
+
 #include "proxy.h"
 
 static void proxy_up_cb(struct mg_conn *up, enum mg_conn_event ev, void *arg);
@@ -98,28 +100,6 @@ up_fail(struct proxy_session *s, enum mg_verdict v, const char *ecode,
 }
 
 static void
-up_b64(const unsigned char *in, size_t len, char *out)
-{
-    static const char tab[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-
-    for (size_t i = 0; i < len; i += 3) {
-        unsigned v = (unsigned)in[i] << 16;
-
-        if (i + 1 < len)
-            v |= (unsigned)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = tab[(v >> 18) & 63];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tab[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
-
-static void
 up_send_login(struct proxy_session *s)
 {
     if (s->authzid[0] != '\0' || (!s->caps.user && s->caps.sasl_plain)) {
@@ -135,7 +115,7 @@ up_send_login(struct proxy_session *s)
         memcpy(raw + zl + 1, s->login.user, ul);
         raw[zl + 1 + ul] = '\0';
         memcpy(raw + zl + ul + 2, s->pass, s->passlen);
-        up_b64(raw, n, b64);
+        mg_base64_encode(raw, n, b64);
         s->phase = PX_AUTH;
         if (strlen(b64) > PROXY_STATUS_MAX - 16) {
             up_fail(s, MG_PERMFAIL, "AUTH", "The credentials are too long");
