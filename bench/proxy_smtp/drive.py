@@ -61,6 +61,8 @@ def main():
     ap.add_argument("--proxy-user", required=True)
     ap.add_argument("--gw-pid", type=int, required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--targets", default="direct,proxy,sink",
+                    help="a subset of direct,proxy,sink")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     concs = [int(x) for x in a.conc.split(",")]
@@ -68,6 +70,7 @@ def main():
                "proxy": (a.proxy, a.proxy_user, True)}
     if a.sink:
         targets["sink"] = (a.sink, None, False)
+    targets = {t: v for t, v in targets.items() if t in a.targets.split(",")}
 
     # warm-up: TLS, page cache, Postfix's and mailgate's processes
     for t, (port, user, tls) in targets.items():

@@ -27,7 +27,8 @@
 # verified for "localhost"). Its CPU per configuration is read from
 # /proc/PID/stat (utime+stime), as the machine's is shared.
 #
-# PERF=FILE records a CPU profile of mailgated over the whole drive
+# SIZES=4096 CONC=1 TARGETS=proxy narrow the grid (default: 4096,65536 /
+# 1,8 / direct,proxy,sink). PERF=FILE records a CPU profile of mailgated over the whole drive
 # (perf record -g). Run as root.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -146,6 +147,7 @@ smtpd_sasl_type = dovecot
 smtpd_sasl_path = $WORK/postfix-auth
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_recipient_restrictions =
+smtpd_peername_lookup = no
 message_size_limit = 104857600
 biff = no
 EOF
@@ -215,7 +217,7 @@ RAW=${RAW:-$WORK/proxy_smtp.raw}
     --direct "$UP_PORT" --proxy "$GW_PORT" --sink "$SINK_PORT" \
     --user benchuser --password benchpass \
     --proxy-user "benchuser%localhost:$UP_PORT%$ID" \
-    --gw-pid "$GW" --out "$RAW"
+    --gw-pid "$GW" --out "$RAW" ${TARGETS:+--targets "$TARGETS"}
 if [ -n "${PERF:-}" ]; then
     kill -INT "$PERFPID"
     wait "$PERFPID" || true
