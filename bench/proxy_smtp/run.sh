@@ -59,7 +59,7 @@ cleanup() {
     postfix -c "$WORK/postfix/conf" stop >/dev/null 2>&1 || true
     [ -z "$DOVECOT" ] || kill "$DOVECOT" 2>/dev/null || true
     wait 2>/dev/null || true
-    rm -rf "$WORK"
+    [ -n "${KEEP:-}" ] && echo "kept $WORK" >&2 || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -225,7 +225,7 @@ fi
 # every proxied message reached the upstream and is in the mailbox
 STORED=$("$PREFIX/sbin/mailgatectl" -c "$G/mailgate.conf" --json mailbox show "$ID" |
     /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
-echo "mailbox holds: $STORED messages; Postfix accepted: $(grep -c 'status=sent (discarded)' "$P/maillog" || true)"
+echo "mailbox holds: $STORED messages; Postfix accepted: $(grep -c 'status=sent ' "$P/maillog" || true)"
 echo "mailgated peak RSS: $(awk '/VmHWM/{print $2}' "/proc/$GW/status") kB"
 if grep -qi "error\|warn" "$G/mailgated.log"; then
     echo "mailgated log:"

@@ -142,6 +142,9 @@ conn_reply(struct conn *c, const char *ext, bool *has_ext)
     }
 }
 
+static int command(struct conn *c, int want, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 static int
 command(struct conn *c, int want, const char *fmt, ...)
 {
