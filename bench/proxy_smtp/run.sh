@@ -29,7 +29,8 @@
 #
 # SIZES=4096 CONC=1 TARGETS=proxy narrow the grid (default: 4096,65536 /
 # 1,8 / direct,proxy,sink). PERF=FILE records a CPU profile of mailgated over the whole drive
-# (perf record -g). Run as root.
+# (perf record -g); KEEP=1 keeps the work folder (logs, raw figures).
+# Run as root.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${1:-3}
