@@ -21,7 +21,11 @@
 
 #include "proxy_smtp.h"
 
-#define PSMTP_CHECK_MS 1000
+/* How often a session looks whether its client has gone (the engine has
+ * no close hook): the upstream connection, which counts against the
+ * provider's per-client connection limit (Postfix: 50), lingers this
+ * long at most after the client's QUIT. */
+#define PSMTP_CHECK_MS 100
 
 static struct psmtp_session *psmtp_sessions;
 

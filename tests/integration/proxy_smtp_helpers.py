@@ -22,9 +22,12 @@ UP_USER = "alice@upstream.test"
 UP_PASS = "s3cret-upstream"
 
 
-def server_ctx(test_ca):
+def server_ctx(test_ca, cert=None):
+    """A server TLS context with the test CA's localhost certificate, or
+    `cert` ({"cert": path, "key": path}, see ca_server_cert())."""
+    cert = cert or test_ca
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(test_ca["cert"], test_ca["key"])
+    ctx.load_cert_chain(cert["cert"], cert["key"])
     return ctx
 
 
@@ -35,15 +38,22 @@ class Upstream:
     a message containing REJECT-ME gets 554 at the end of the data,
     TEMPFAIL-ME 451."""
 
-    def __init__(self, test_ca, mode="starttls", smtputf8=False):
+    def __init__(self, test_ca, mode="starttls", smtputf8=False,
+                 address="127.0.0.1", port=None, cert=None):
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
-        self.port = free_port()
+        self.address = address
+        self.port = port or free_port()
         self.logins = []
         self.messages = []
         self.refused = []
         up = self
+
+        def over_tls(server, session):
+            # STARTTLS sets session.ssl; implicit TLS only the transport's
+            return (session.ssl is not None or
+                    server.transport.get_extra_info("ssl_object") is not None)
 
         class Handler:
             async def handle_RCPT(self, server, session, envelope, address,
@@ -66,7 +76,7 @@ class Upstream:
                     "rcpts": list(envelope.rcpt_tos),
                     "options": list(envelope.mail_options),
                     "content": content,
-                    "tls": session.ssl is not None,
+                    "tls": over_tls(server, session),
                 })
                 return "250 2.0.0 upstream: queued as U%d" % len(up.messages)
 
@@ -74,18 +84,21 @@ class Upstream:
             login = auth_data.login.decode()
             password = auth_data.password.decode()
             up.logins.append((mechanism, login, password,
-                              session.ssl is not None))
+                              over_tls(server, session)))
             # handled=False: aiosmtpd answers 535 itself
             return AuthResult(success=(login == UP_USER and
                                        password == UP_PASS), handled=False)
 
-        kw = dict(hostname="127.0.0.1", port=self.port,
+        kw = dict(hostname=address, port=self.port,
                   server_hostname="upstream.test", auth_required=True,
                   auth_require_tls=True, authenticator=authenticator,
                   enable_SMTPUTF8=smtputf8, data_size_limit=10 * 1024 * 1024)
-        ctx = server_ctx(test_ca)
+        ctx = server_ctx(test_ca, cert)
         if mode == "implicit":
+            # aiosmtpd counts only STARTTLS as TLS for AUTH: the listener
+            # here speaks nothing but TLS, so AUTH is offered from the start
             kw["ssl_context"] = ctx
+            kw["auth_require_tls"] = False
         elif mode == "starttls":
             kw["tls_context"] = ctx
             kw["require_starttls"] = True
@@ -100,7 +113,8 @@ class Upstream:
 
 @pytest.fixture
 def upstream(test_ca):
-    """Factory: upstream(mode="starttls"|"implicit"|"plain")."""
+    """Factory: upstream(mode="starttls"|"implicit"|"plain", address=,
+    port=, cert=) -- a free port on 127.0.0.1 unless told."""
     made = []
 
     def make(**kw):

@@ -195,3 +195,40 @@ def test_default_upstream_ports(gateway, certs):
     code, text = try_login(d, certs, "%s%%127.0.0.1%%%s" % (UP_USER, mb["id"]),
                            implicit=True)
     assert code == 454 and b"127.0.0.1:465" in text, (code, text)
+
+
+
+def established_to(port):
+    """TCP connections in state ESTABLISHED whose local port is `port`
+    (the server's side of each connection to a loopback listener)."""
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            t = line.split()
+            if int(t[1].split(":")[1], 16) == port and t[3] == "01":
+                n += 1
+    return n
+
+
+def test_upstream_connection_ends_soon_after_the_client(gateway, upstream,
+                                                        certs):
+    """The upstream connection ends soon after the client's QUIT, not at a
+    slow poll: providers limit connections per client (Postfix to 50), and
+    a client sending session after session must not pile them up."""
+    import time
+    up = upstream()
+    d = gateway()
+    mb = mailbox_create(d)
+    for i in range(4):
+        s = proxy_client(d, certs, login_name(up.port, mb))
+        assert s.sendmail("alice@upstream.test", ["bob@example.org"],
+                          message("quit-%d" % i)) == {}
+        assert established_to(up.port) == 1
+        s.quit()
+        t0 = time.monotonic()
+        while established_to(up.port) > 0 and time.monotonic() - t0 < 5:
+            time.sleep(0.01)
+        took = time.monotonic() - t0
+        assert took < 0.5, "the upstream connection ended %.2f s after " \
+            "the client's QUIT" % took
+    assert len(copies(d, mb)) == 4

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""Submission through the recording SMTP proxy next to the same submission
+sent directly to its upstream, interleaved in one run (bench/proxy_smtp/
+run.sh starts everything and calls this).
+
+Per run, per size and concurrency, the targets take turns (their order
+alternates between runs): `direct` (smtpload to Postfix: STARTTLS, AUTH,
+N messages), `proxy` (the same through mailgate, which relays to that
+Postfix and records every message) and `sink` (smtpload to smtp-sink,
+plain SMTP without AUTH: the generator's and protocol loop's ceiling).
+mailgated's CPU (utime+stime of all its threads, /proc/PID/stat) is read
+around each proxy configuration.
+
+Raw lines (key=value) go to --out; the summary (medians, ratios, CPU per
+message against the issue's budget) to stdout.
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        t = f.read().rsplit(")", 1)[1].split()
+    return (int(t[11]) + int(t[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load(a, port, size, conc, n, user=None, tls=True):
+    cmd = [a.load, "-p", str(port), "-c", str(conc), "-n", str(n),
+           "-m", str(a.m), "-s", str(size)]
+    if user is None:
+        cmd += ["-A", "none"]
+    else:
+        cmd += ["-u", user, "-w", a.password]
+    if not tls:
+        cmd += ["-T", "none"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    f = dict(x.split("=", 1) for x in r.stdout.split() if "=" in x)
+    if r.returncode != 0 or not f:
+        sys.stderr.write("smtpload failed (%d): %s%s" % (r.returncode,
+                                                          r.stdout, r.stderr))
+        return None
+    return f
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--load", required=True, help="the smtpload binary")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--m", type=int, default=10, help="messages per session")
+    ap.add_argument("--sizes", default="4096,65536")
+    ap.add_argument("--conc", default="1,8")
+    ap.add_argument("--direct", type=int, required=True)
+    ap.add_argument("--proxy", type=int, required=True)
+    ap.add_argument("--sink", type=int)
+    ap.add_argument("--user", required=True)
+    ap.add_argument("--password", required=True)
+    ap.add_argument("--proxy-user", required=True)
+    ap.add_argument("--gw-pid", type=int, required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--targets", default="direct,proxy,sink",
+                    help="a subset of direct,proxy,sink")
+    a = ap.parse_args()
+    sizes = [int(x) for x in a.sizes.split(",")]
+    concs = [int(x) for x in a.conc.split(",")]
+    targets = {"direct": (a.direct, a.user, True),
+               "proxy": (a.proxy, a.proxy_user, True)}
+    if a.sink:
+        targets["sink"] = (a.sink, None, False)
+    targets = {t: v for t, v in targets.items() if t in a.targets.split(",")}
+
+    # warm-up: TLS, page cache, Postfix's and mailgate's processes
+    for t, (port, user, tls) in targets.items():
+        load(a, port, 4096, 2, 40, user, tls)
+
+    rows = []
+    out = open(a.out, "a")
+    for run in range(1, a.runs + 1):
+        for size in sizes:
+            for conc in concs:
+                order = list(targets)
+                if run % 2 == 0:
+                    order.reverse()
+                for t in order:
+                    port, user, tls = targets[t]
+                    c0 = cpu_seconds(a.gw_pid)
+                    f = load(a, port, size, conc, a.n, user, tls)
+                    gw = cpu_seconds(a.gw_pid) - c0
+                    if f is None:
+                        line = "smtpproxy run=%d target=%s size=%d conc=%d FAILED" % (
+                            run, t, size, conc)
+                    else:
+                        f["gw_cpu_ms/msg"] = "%.3f" % (gw * 1e3 / a.n)
+                        line = "smtpproxy run=%d target=%s size=%d conc=%d m=%d %s" % (
+                            run, t, size, conc, a.m,
+                            " ".join("%s=%s" % kv for kv in f.items()))
+                        rows.append((run, t, size, conc, f))
+                    print(line, file=out, flush=True)
+                    print(line, file=sys.stderr, flush=True)
+    summary(rows, sizes, concs, a)
+
+
+def summary(rows, sizes, concs, a):
+    def med(t, size, conc, key):
+        v = [float(f[key]) for _, tt, s, c, f in rows
+             if (tt, s, c) == (t, size, conc)]
+        return statistics.median(v) if v else None, v
+
+    print("messages/s, median of %d runs (each run); sessions of %d messages;"
+          " mailgated CPU ms/msg (median); generator CPU ms/msg (median)"
+          % (a.runs, a.m))
+    print("%-6s %3s  %-8s %8s  %-22s %9s %9s" % (
+        "size", "c", "target", "msgs/s", "runs", "gw_cpu", "gen_cpu"))
+    for size in sizes:
+        for conc in concs:
+            for t in ("direct", "proxy", "sink"):
+                m, v = med(t, size, conc, "msgs/s")
+                if m is None:
+                    continue
+                g, _ = med(t, size, conc, "gw_cpu_ms/msg")
+                c, _ = med(t, size, conc, "cpu_ms_per_msg")
+                print("%-6d %3d  %-8s %8.0f  %-22s %9s %9.3f" % (
+                    size, conc, t, m, " ".join("%.0f" % x for x in v),
+                    "%.3f" % g if t == "proxy" else "-", c))
+    print("proxy / direct, median of the per-run ratios [each run] (target >= 0.9x);"
+          " mailgated CPU per message against 0.3 ms + 3 ms/MiB:")
+    for size in sizes:
+        budget = 0.3 + 3.0 * size / (1 << 20)
+        for conc in concs:
+            rs = []
+            for run in sorted({r[0] for r in rows}):
+                d = [f for r, t, s, c, f in rows
+                     if (r, t, s, c) == (run, "direct", size, conc)]
+                p = [f for r, t, s, c, f in rows
+                     if (r, t, s, c) == (run, "proxy", size, conc)]
+                if d and p:
+                    rs.append(float(p[0]["msgs/s"]) / float(d[0]["msgs/s"]))
+            if not rs:
+                continue
+            r = statistics.median(rs)
+            g, _ = med("proxy", size, conc, "gw_cpu_ms/msg")
+            print("  %6d B c=%d: %4.2fx [%s]%s   cpu %.3f ms/msg (budget %.3f)%s"
+                  % (size, conc, r, " ".join("%.2f" % x for x in rs),
+                     "" if r >= 0.9 else " MISSED", g, budget,
+                     "" if g <= budget else " MISSED"))
+
+
+if __name__ == "__main__":
+    main()
