@@ -7,10 +7,23 @@
 #include "mg.h"
 
 const char *const mg_hook_names[] = {
-    "smtp.connect",   "smtp.ehlo",     "smtp.auth",    "smtp.mail",
-    "smtp.rcpt",      "smtp.data",     "smtp.bdat",    "smtp.data.tee",
-    "smtp.data.end",  "pop3.connect",  "pop3.login",   "pop3.retr.tee",
-    "message.stored", "config.reload", "cert.changed", NULL,
+    "smtp.connect",
+    "smtp.ehlo",
+    "smtp.auth",
+    "smtp.mail",
+    "smtp.rcpt",
+    "smtp.data",
+    "smtp.bdat",
+    "smtp.data.tee",
+    "smtp.data.end",
+    "smtp.close",
+    "pop3.connect",
+    "pop3.login",
+    "pop3.retr.tee",
+    "message.stored",
+    "config.reload",
+    "cert.changed",
+    NULL,
 };
 
 /* One handler; (prio, seq) orders them and is the position a parked run

@@ -122,6 +122,12 @@ struct mg_hook_smtp_data_end {
     const struct mg_store_result *local;
 };
 
+/* The session has ended (the client left, was disconnected, or the daemon
+ * stopped); informational. */
+struct mg_hook_smtp_close {
+    const struct mg_smtp_session *s;
+};
+
 struct mg_hook_pop3_connect {
     const struct mg_pop3_session *s;
 };

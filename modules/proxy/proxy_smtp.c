@@ -9,8 +9,8 @@
  * upstream said 235. The engine keeps the session (keep_engine) and asks
  * the relay (proxy_smtp_relay.c) at every MAIL, RCPT and DATA/BDAT.
  *
- * The engine has no hook for the end of a session, so a timer looks for
- * the client's conn once a second and ends the upstream when it is gone.
+ * When the client's session ends (smtp.close) the upstream gets its QUIT
+ * at once: it counts against the provider's per-client connection limit.
  */
 #include "config.h"
 
@@ -20,12 +20,6 @@
 #include <string.h>
 
 #include "proxy_smtp.h"
-
-/* How often a session looks whether its client has gone (the engine has
- * no close hook): the upstream connection, which counts against the
- * provider's per-client connection limit (Postfix: 50), lingers this
- * long at most after the client's QUIT. */
-#define PSMTP_CHECK_MS 100
 
 static struct psmtp_session *psmtp_sessions;
 
@@ -63,8 +57,6 @@ session_free(struct psmtp_session *s)
             break;
         }
     }
-    if (s->timer != 0)
-        s->st->api->timer_cancel(s->timer);
     if (s->up != NULL)
         s->st->api->conn->close(s->up);
     if (s->pass != NULL) {
@@ -113,21 +105,22 @@ session_end(struct psmtp_session *s, const char *why)
     s->dead = true;
 }
 
-static void
-session_check(void *arg)
+enum mg_verdict
+proxy_smtp_close(struct mg_hook_call *call, void *arg)
 {
-    struct psmtp_session *s = arg;
+    struct psmtp_session *s = psmtp_find(call->conn_id);
 
-    s->timer = 0;
+    (void)arg;
+    if (s == NULL)
+        return MG_PASS;
     psmtp_enter(s);
-    /* a message at its end is settled first (its resume finds the client
-     * gone and ends the session) */
-    if (s->st->api->conn->find(s->id) == NULL && s->wait != PW_END)
+    /* a message at its end is settled first: the engine cancelled its
+     * run, so the resume after the upstream's answer fails and ends the
+     * session */
+    if (s->wait != PW_END)
         session_end(s, "the client left");
-    else if (!s->dead)
-        s->timer =
-            s->st->api->timer_add(s->st->m, PSMTP_CHECK_MS, session_check, s);
     psmtp_leave(s);
+    return MG_PASS;
 }
 
 /* ---------------------------------------------------- hook replies */
@@ -208,8 +201,6 @@ psmtp_login_done(struct psmtp_session *s, enum mg_verdict v, int code,
                           s->st->api->conn->peer(s->up)->tls_version != NULL
                       ? s->st->api->conn->peer(s->up)->tls_version
                       : "TLS");
-        s->timer =
-            s->st->api->timer_add(s->st->m, PSMTP_CHECK_MS, session_check, s);
         psmtp_resume_text(s, MG_ACCEPT, code, ecode,
                           "Authenticated at %s; messages are recorded",
                           s->login.upstream);
@@ -316,6 +307,7 @@ proxy_smtp_hooks(struct mg_modctx *m, const struct mg_core_api *api,
         {"smtp.auth", proxy_smtp_auth},    {"smtp.mail", proxy_smtp_mail},
         {"smtp.rcpt", proxy_smtp_rcpt},    {"smtp.data", proxy_smtp_data},
         {"smtp.data.tee", proxy_smtp_tee}, {"smtp.data.end", proxy_smtp_end},
+        {"smtp.close", proxy_smtp_close},
     };
 
     for (size_t i = 0; i < sizeof(hooks) / sizeof(hooks[0]); i++) {

@@ -137,7 +137,6 @@ struct psmtp_session {
     bool dead;       /* freed at the last leave */
     bool connecting; /* connect() will call back */
     bool reading;    /* in the upstream's read loop */
-    uint64_t timer;  /* checks that the client is still there */
     char peer[64];
     char peer_tls[96];
     char helo[256];
@@ -210,6 +209,9 @@ void psmtp_upstream_send(struct psmtp_session *s, const char *line, size_t len);
 void psmtp_upstream_drop(struct psmtp_session *s, const char *why);
 /** QUIT and close, for a session that ends normally. */
 void psmtp_upstream_quit(struct psmtp_session *s);
+
+/* proxy_smtp.c: smtp.close, the client's session ended */
+enum mg_verdict proxy_smtp_close(struct mg_hook_call *call, void *arg);
 
 /* proxy_smtp_relay.c */
 enum mg_verdict proxy_smtp_mail(struct mg_hook_call *call, void *arg);

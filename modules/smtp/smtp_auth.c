@@ -61,7 +61,8 @@ smtp_auth_takeover(struct smtp_session *s)
     smtp_api->conn->set_handler(c, fn, arg);
     if (s->paused)
         smtp_api->conn->pause_read(c, false);
-    s->closed = true; /* freed without closing the conn */
+    s->closed = true;   /* freed without closing the conn */
+    s->released = true; /* the conn lives on: no smtp.close */
     s->c = NULL;
     smtp_api->conn->peek(c, &in, &len);
     if (len > 0)

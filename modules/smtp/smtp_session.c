@@ -536,6 +536,13 @@ smtp_session_free(struct smtp_session *s)
     }
     if (s->data_begun && s->c != NULL)
         smtp_data_end_error(s);
+    if (!s->released) {
+        /* handlers let go of what they keep for the session (the proxy's
+         * upstream connection) */
+        memset(&s->h.close, 0, sizeof(s->h.close));
+        s->h.close.s = &s->view;
+        smtp_hook_info(s, "smtp.close", &s->h.close);
+    }
     if (s->greet_timer != 0)
         smtp_api->timer_cancel(s->greet_timer);
     smtp_cmd_deadline_stop(s);
@@ -566,6 +573,7 @@ smtp_sessions_free_all(struct smtp_state *st)
 
             s->c = NULL;
             s->data_begun = false;
+            s->released = true; /* the generation goes: no more hooks */
             if (s->wait == SMTP_WAIT_HOOK)
                 s->wait = SMTP_WAIT_NONE; /* the core cancelled it */
             smtp_session_free(s);

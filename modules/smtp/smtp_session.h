@@ -122,6 +122,7 @@ struct smtp_session {
     enum smtp_wait wait;
     unsigned depth; /* entry points on the stack */
     bool closed;    /* conn closed: free at the last smtp_leave */
+    bool released;  /* no smtp.close: generation gone, or taken over */
     bool blocked;   /* output backlog: wait for MG_CONN_DRAINED */
     bool paused;    /* pause_read(true) is in force */
     bool closing;   /* shutdown asked while busy */
@@ -149,6 +150,7 @@ struct smtp_session {
         struct mg_hook_smtp_bdat bdat;
         struct mg_hook_smtp_data_tee tee;
         struct mg_hook_smtp_data_end end;
+        struct mg_hook_smtp_close close;
         struct mg_hook_message_stored stored;
     } h;
 
