@@ -1147,10 +1147,16 @@ conn_api_printf(struct mg_conn *c, const char *fmt, ...)
 }
 
 /* A reply line must not smuggle protocol: no CR, LF or NUL. */
+/* Printable text only: a CR or LF would inject reply lines, and other
+ * control bytes have no place in a protocol reply. */
 static bool
 conn_reply_line_ok(const char *s)
 {
-    return strpbrk(s, "\r\n") == NULL;
+    for (; *s != '\0'; s++) {
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+            return false;
+    }
+    return true;
 }
 
 static int
@@ -1159,7 +1165,8 @@ conn_api_write_reply(struct mg_conn *c, const struct mg_reply *r)
     struct mg_buf b;
     int ret;
 
-    if (r->code < 200 || r->code > 599 || r->nlines == 0)
+    if (r->code < 200 || r->code > 599 || r->nlines == 0 ||
+        (r->ecode != NULL && !conn_reply_line_ok(r->ecode)))
         return MG_ERROR;
     mg_buf_init(&b);
     for (size_t i = 0; i < r->nlines; i++) {

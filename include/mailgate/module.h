@@ -196,7 +196,9 @@ struct mg_conn_api {
      * (queued anyway: stop producing until MG_CONN_DRAINED). */
     int (*write)(struct mg_conn *c, const void *buf, size_t len);
     int (*printf)(struct mg_conn *c, const char *fmt, ...) MG_PRINTF(2, 3);
-    /** Write a reply SMTP-style (multi-line with `-`). */
+    /** Write a reply SMTP-style (multi-line with `-`). MG_ERROR, and
+     * nothing written, for a code outside 200..599 or a control character
+     * (CR, LF, …) in a line or the enhanced code. */
     int (*write_reply)(struct mg_conn *c, const struct mg_reply *r);
     /** Bytes queued and not yet written. */
     size_t (*write_queued)(const struct mg_conn *c);

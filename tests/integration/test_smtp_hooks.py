@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from conftest import (Closed, cfg_value, mailbox_create, mg_dump,
+from conftest import (Closed, RawCfg, cfg_value, mailbox_create, mg_dump,
                       split_trace, tls_client_ctx)
 from smtp_helpers import Smtp, addr, connect, dot_stuff, sample_message
 
@@ -730,3 +730,22 @@ def test_refused_data_phase_reply_over_limit(make_hooks, certs, hook, nlines,
                % re.escape(hook), start=start)
     c.expect("QUIT", 221)
     assert mg_dump(d, mb) == []
+
+
+@pytest.mark.parametrize("text", ["bad\\r\\n250 2.0.0 injected",
+                                  "bad\\x01control"])
+def test_handler_reply_with_control_characters(make_hooks, certs, text):
+    """A handler's reply text with CR/LF (which would inject a reply line)
+    or another control character is never written: the engine logs a
+    warning and gives its default refusal."""
+    d = make_hooks(refuse_hooks=["smtp.mail"], refuse_text=RawCfg('"%s"' % text))
+    c, _ = tls_session(d, certs)
+    start = log_from(d)
+    code, lines = c.code("MAIL FROM:<%s>" % SENDER)
+    assert code >= 500 and "injected" not in lines and "control" not in lines, \
+        (code, lines)
+    d.wait_log(r"warning: .*hook smtp.mail: the handler's reply 554 does not "
+               r"fit", start=start)
+    # nothing extra is waiting: the next reply belongs to the next command
+    c.expect("NOOP", 250)
+    c.expect("QUIT", 221)

@@ -34,6 +34,8 @@
  *                           instead, refuse_lines lines "hooktest: refusal
  *                           line N of M" padded with '.' to refuse_width
  *                           octets
+ *   refuse_text             instead, this one line (as given: a test of
+ *                           control characters in a handler's reply)
  *   tee = true              smtp.data.tee: count bytes, FNV-1a 64 over them,
  *                           check offsets; log the total at `last`
  *   stored = true           message.stored: log mailbox, msg id, size
@@ -505,6 +507,7 @@ static const struct mg_setting ht_settings[] = {
     {.name = "refuse_hooks", .type = MG_SET_STRINGS},
     {.name = "refuse_lines", .type = MG_SET_INT, .min = 1, .max = 1000},
     {.name = "refuse_width", .type = MG_SET_INT, .min = 40, .max = 4000},
+    {.name = "refuse_text", .type = MG_SET_STRING},
     {.name = "suspend_ms", .type = MG_SET_INT, .min = 0, .max = 60000},
     {.name = "rcpt_accept_domain", .type = MG_SET_STRING},
     {.name = "data_end_accept", .type = MG_SET_BOOL},
@@ -578,7 +581,12 @@ ht_configure(struct mg_modctx *m, const struct mg_core_api *api,
         ht_strdup(api->setting_string(sect, "rcpt_accept_domain", ""));
     st->suspend_ms = (uint64_t)api->setting_int(sect, "suspend_ms", 300);
     st->nrefuse = (size_t)api->setting_int(sect, "refuse_lines", 0);
-    if (st->nrefuse > 0) {
+    if (api->setting_string(sect, "refuse_text", NULL) != NULL) {
+        st->nrefuse = 1;
+        st->refuse_lines = ht_alloc(sizeof(char *));
+        st->refuse_lines[0] =
+            ht_strdup(api->setting_string(sect, "refuse_text", NULL));
+    } else if (st->nrefuse > 0) {
         size_t width = (size_t)api->setting_int(sect, "refuse_width", 100);
 
         st->refuse_lines = ht_alloc(st->nrefuse * sizeof(char *));
