@@ -8,6 +8,7 @@
 #ifndef MG_PROXY_H
 #define MG_PROXY_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -69,6 +70,16 @@ void proxy_policy_mailbox(struct proxy_policy *p, char *const *targets,
  * copy of *login). MG_PASS: not a proxy login, the engine's own; MG_ACCEPT:
  * admitted; MG_TEMPFAIL or MG_PERMFAIL with *text_r for the client.
  */
+/** The upstream connection for a login (both halves): ports 995 and 465
+ * are implicit TLS, any other port needs STLS/STARTTLS; verified against
+ * the system store plus `ca_file`. The caller sets spec->filter. */
+void proxy_connect_spec(const struct proxy_state *st,
+                        const struct proxy_login *login,
+                        struct mg_connect_spec *spec);
+/** A log line for a session: "conn N: …". */
+void proxy_vlog(const struct proxy_state *st, uint64_t conn_id,
+                enum mg_log_level level, const char *fmt, va_list ap);
+
 enum mg_verdict proxy_admit(struct proxy_state *st, uint64_t conn_id,
                             const char *user, int default_port,
                             struct proxy_login *login,

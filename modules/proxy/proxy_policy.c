@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,4 +179,29 @@ proxy_admit(struct proxy_state *st, uint64_t conn_id, const char *user,
     proxy_policy_mailbox(policy, info.targets, info.ntargets);
     api->store->mailbox_info_free(&info);
     return MG_ACCEPT;
+}
+
+void
+proxy_connect_spec(const struct proxy_state *st,
+                   const struct proxy_login *login,
+                   struct mg_connect_spec *spec)
+{
+    memset(spec, 0, sizeof(*spec));
+    spec->host = login->host;
+    spec->port = login->port;
+    spec->tls = login->port == 995 || login->port == 465 ? MG_TLS_IMPLICIT
+                                                         : MG_TLS_STARTTLS;
+    spec->ca_file = st->ca_file;
+    spec->connect_timeout_ms = st->connect_ms;
+}
+
+void
+proxy_vlog(const struct proxy_state *st, uint64_t conn_id,
+           enum mg_log_level level, const char *fmt, va_list ap)
+{
+    char buf[768];
+
+    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
+    st->api->log(st->m, level, "conn %llu: %s", (unsigned long long)conn_id,
+                 buf);
 }

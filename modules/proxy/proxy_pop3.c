@@ -44,14 +44,11 @@ void
 proxy_session_log(struct proxy_session *s, enum mg_log_level level,
                   const char *fmt, ...)
 {
-    char buf[768];
     va_list ap;
 
     va_start(ap, fmt);
-    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
+    proxy_vlog(s->st, s->id, level, fmt, ap);
     va_end(ap);
-    s->st->api->log(s->st->m, level, "conn %llu: %s", (unsigned long long)s->id,
-                    buf);
 }
 
 static void

@@ -37,14 +37,11 @@ void
 psmtp_log(struct psmtp_session *s, enum mg_log_level level, const char *fmt,
           ...)
 {
-    char buf[768];
     va_list ap;
 
     va_start(ap, fmt);
-    (void)vsnprintf(buf, sizeof(buf), fmt, ap);
+    proxy_vlog(s->st, s->id, level, fmt, ap);
     va_end(ap);
-    s->st->api->log(s->st->m, level, "conn %llu: %s", (unsigned long long)s->id,
-                    buf);
 }
 
 static void
@@ -138,23 +135,30 @@ resume(struct psmtp_session *s, enum mg_verdict v)
 }
 
 void
+psmtp_text_reply(struct psmtp_session *s, struct mg_reply *r, int code,
+                 const char *ecode, const char *fmt, va_list ap)
+{
+    (void)vsnprintf(s->text, sizeof(s->text), fmt, ap);
+    for (char *p = s->text; *p != '\0'; p++) {
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+            *p = '?';
+    }
+    s->text_lines[0] = s->text;
+    r->code = code;
+    r->ecode = ecode;
+    r->nlines = 1;
+    r->lines = s->text_lines;
+}
+
+void
 psmtp_resume_text(struct psmtp_session *s, enum mg_verdict v, int code,
                   const char *ecode, const char *fmt, ...)
 {
     va_list ap;
 
     va_start(ap, fmt);
-    (void)vsnprintf(s->text, sizeof(s->text), fmt, ap);
+    psmtp_text_reply(s, &s->reply, code, ecode, fmt, ap);
     va_end(ap);
-    for (char *p = s->text; *p != '\0'; p++) {
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-            *p = '?';
-    }
-    s->text_lines[0] = s->text;
-    s->reply.code = code;
-    s->reply.ecode = ecode;
-    s->reply.nlines = 1;
-    s->reply.lines = s->text_lines;
     resume(s, v);
 }
 

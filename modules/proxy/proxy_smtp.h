@@ -188,6 +188,9 @@ void psmtp_leave(struct psmtp_session *s);
 void psmtp_log(struct psmtp_session *s, enum mg_log_level level,
                const char *fmt, ...) MG_PRINTF(3, 4);
 /** Resume the suspended run with a reply of our own (one line). */
+/** A one-line reply into r, its text (printable ASCII) in the session. */
+void psmtp_text_reply(struct psmtp_session *s, struct mg_reply *r, int code,
+                      const char *ecode, const char *fmt, va_list ap);
 void psmtp_resume_text(struct psmtp_session *s, enum mg_verdict v, int code,
                        const char *ecode, const char *fmt, ...) MG_PRINTF(5, 6);
 /** Resume the suspended run with the upstream's reply in s->rep. */

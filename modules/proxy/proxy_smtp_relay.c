@@ -74,17 +74,8 @@ answer(struct psmtp_session *s, struct mg_hook_call *call, enum mg_verdict v,
     va_list ap;
 
     va_start(ap, fmt);
-    (void)vsnprintf(s->text, sizeof(s->text), fmt, ap);
+    psmtp_text_reply(s, &call->reply, code, ecode, fmt, ap);
     va_end(ap);
-    for (char *p = s->text; *p != '\0'; p++) {
-        if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-            *p = '?';
-    }
-    s->text_lines[0] = s->text;
-    call->reply.code = code;
-    call->reply.ecode = ecode;
-    call->reply.nlines = 1;
-    call->reply.lines = s->text_lines;
     return v;
 }
 

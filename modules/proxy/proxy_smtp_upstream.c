@@ -427,16 +427,10 @@ int
 psmtp_upstream_start(struct psmtp_session *s, const char **why)
 {
     const struct proxy_state *st = s->st;
-    struct mg_connect_spec spec = {
-        .host = s->login.host,
-        .port = s->login.port,
-        /* 465 (and 995) are implicit TLS; any other port needs STARTTLS */
-        .tls = (s->login.port == 465 || s->login.port == 995) ? MG_TLS_IMPLICIT
-                                                              : MG_TLS_STARTTLS,
-        .ca_file = st->ca_file,
-        .connect_timeout_ms = st->connect_ms,
-        .filter = up_filter,
-    };
+    struct mg_connect_spec spec;
+
+    proxy_connect_spec(st, &s->login, &spec);
+    spec.filter = up_filter;
 
     s->phase = PS_CONNECT;
     s->connecting = true;
