@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <sodium.h>
 
@@ -41,6 +42,11 @@
 #define STORE_MAXREADERS   126
 #define STORE_ERRBUF_LEN   256
 #define STORE_UNSAFE_FLAGS (MDB_NOSYNC | MDB_NOMETASYNC | MDB_WRITEMAP)
+/* How often the writer looks for reader slots of dead processes (a
+ * mailgatectl or backup killed inside a read transaction): such a slot
+ * pins every page freed after its snapshot while the daemon runs on. The
+ * check reads the reader table and probes foreign pids: microseconds. */
+#define STORE_READER_CHECK_S 1
 
 struct mg_store {
     char *dir;
@@ -54,7 +60,8 @@ struct mg_store {
     pthread_rwlock_t envlock;
     MDB_env *env;
     struct mg_store_dbs dbs;
-    bool need_reopen; /* writer thread only */
+    bool need_reopen;         /* writer thread only */
+    time_t reader_checked_at; /* writer thread only (CLOCK_MONOTONIC s) */
 
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
@@ -171,13 +178,27 @@ store_op_fail(struct mg_store_op *op, bool temporary, const char *text)
 
 /* ---------------------------------------------------------- environment */
 
+/* Free the reader slots of processes that died inside a read
+ * transaction (at open, and from the writer while the daemon runs). */
+static void
+store_readers_check(MDB_env *env)
+{
+    int dead = 0, rc = mdb_reader_check(env, &dead);
+
+    if (rc != 0)
+        mg_log(MG_LOG_WARNING, "store: reader check: %s", mdb_strerror(rc));
+    else if (dead > 0)
+        mg_log(MG_LOG_INFO, "store: cleared %d stale reader slot%s", dead,
+               dead == 1 ? "" : "s");
+}
+
 /* Open a created env (closed again on failure). */
 static int
 store_env_open(struct mg_store *st, MDB_env *env, const char **error_r)
 {
     unsigned flags = MDB_NOTLS | (st->read_only ? MDB_RDONLY : 0);
     unsigned got = 0;
-    int rc, dead = 0;
+    int rc;
 
     if ((rc = mdb_env_set_maxdbs(env, 8)) != 0 ||
         (rc = mdb_env_set_mapsize(env, (size_t)st->map_size)) != 0 ||
@@ -195,12 +216,7 @@ store_env_open(struct mg_store *st, MDB_env *env, const char **error_r)
         mdb_env_close(env);
         return MG_ERROR;
     }
-    rc = mdb_reader_check(env, &dead);
-    if (rc != 0)
-        mg_log(MG_LOG_WARNING, "store: reader check: %s", mdb_strerror(rc));
-    else if (dead > 0)
-        mg_log(MG_LOG_INFO, "store: cleared %d stale reader slot%s", dead,
-               dead == 1 ? "" : "s");
+    store_readers_check(env);
     return MG_OK;
 }
 
@@ -614,6 +630,18 @@ store_batch_log(struct mg_store_op *batch)
 }
 
 static void
+store_readers_check_due(struct mg_store *st)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec - st->reader_checked_at < STORE_READER_CHECK_S)
+        return;
+    st->reader_checked_at = now.tv_sec;
+    store_readers_check(st->env);
+}
+
+static void
 store_batch(struct mg_store *st, struct mg_store_op *batch)
 {
     struct mg_store_op *op;
@@ -637,6 +665,7 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
         if (op->new_data)
             needed += op->bytes;
     }
+    store_readers_check_due(st);
     used = store_used(st, needed, &limit);
     rc = mdb_txn_begin(st->env, NULL, 0, &txn);
     if (rc == MDB_PANIC) {
