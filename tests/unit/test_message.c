@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
 #endif
@@ -977,6 +978,138 @@ test_scheme1_readable(void **state)
     }
 }
 
+/* Whether `needle` occurs anywhere in the store's data file. */
+static bool
+in_data_file(const uint8_t *needle, size_t n)
+{
+    char path[160];
+    FILE *f;
+    uint8_t *buf;
+    size_t have = 0, got;
+    bool found = false;
+    enum {
+        WIN = 1 << 20
+    };
+
+    snprintf(path, sizeof(path), "%s/data.mdb", storedir);
+    f = fopen(path, "rb");
+    assert_non_null(f);
+    buf = malloc(WIN + n);
+    assert_non_null(buf);
+    while (!found && (got = fread(buf + have, 1, WIN, f)) > 0) {
+        have += got;
+        found = memmem(buf, have, needle, n) != NULL;
+        /* keep the tail: a match may straddle two reads */
+        memmove(buf, buf + have - (have < n ? have : n), have < n ? have : n);
+        have = have < n ? have : n;
+    }
+    fclose(f);
+    free(buf);
+    return found;
+}
+
+/* Swap mailbox 2's public key with the one in arg. */
+static int
+mailbox_pk_fn(MDB_txn *txn, void *arg)
+{
+    uint8_t *pk = arg, old[MG_VAULT_PK_BYTES];
+    struct mg_mailbox m;
+    const char *error = NULL;
+    int rc;
+
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(mg_rec_mailbox_get(st, txn, mbox[2], &m, &error), MG_OK);
+    memcpy(old, m.pk, MG_VAULT_PK_BYTES);
+    memcpy(m.pk, pk, MG_VAULT_PK_BYTES);
+    memcpy(pk, old, MG_VAULT_PK_BYTES);
+    rc = mg_rec_mailbox_put(st, txn, &m, &error);
+    mg_mailbox_clear(&m);
+    return rc;
+}
+
+/*
+ * What the writer caches (the stream key of the mailbox's sender key)
+ * and the X25519 output it comes from never reach the data file, while
+ * E and the ciphertext do. The test owns the mailbox's private key here
+ * (mailbox 2's public key is replaced by one of the test's own pairs) to
+ * compute them with bare libsodium; the stream key opens the stored
+ * envelope chunk, so the bytes searched for are the real ones.
+ */
+static void
+test_sender_key_not_on_disk(void **state)
+{
+    static const char label[] = "mailgate vault v2 stream key";
+    uint8_t pk[MG_VAULT_PK_BYTES], sk[crypto_box_SECRETKEYBYTES];
+    uint8_t swap[MG_VAULT_PK_BYTES];
+    uint8_t shared[crypto_scalarmult_BYTES];
+    uint8_t skey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    uint8_t plain[MG_VAULT_CHUNK];
+    crypto_secretstream_xchacha20poly1305_state ss;
+    crypto_generichash_state g;
+    struct mg_store_writer *w[2];
+    struct mg_msg_header h[2];
+    const char *ids[] = {mbox[2]}, *error = NULL;
+    const void *data;
+    MDB_txn *txn;
+    size_t len;
+
+    (void)state;
+    crypto_box_keypair(pk, sk);
+    memcpy(swap, pk, sizeof(swap));
+    assert_int_equal(run_write(mailbox_pk_fn, swap), MG_OK);
+    for (int i = 0; i < 2; i++) {
+        struct sync s;
+
+        sync_init(&s);
+        w[i] = mg_store_writer_begin(st, ids, 1, &test_env, &error);
+        assert_non_null(w[i]);
+        assert_int_equal(mg_store_writer_write(w[i], "hello", 5), MG_OK);
+        mg_store_writer_commit(w[i], true, sync_done, &s);
+        assert_int_equal(sync_wait(&s), MG_OK);
+        sync_destroy(&s);
+        h[i] = header_of(2, mg_store_writer_ids(w[i])[0]);
+    }
+    /* one sender key for both */
+    assert_memory_equal(h[0].epk, h[1].epk, MG_VAULT_PK_BYTES);
+
+    assert_int_equal(crypto_scalarmult(shared, sk, h[0].epk), 0);
+    crypto_generichash_init(&g, NULL, 0, sizeof(skey));
+    crypto_generichash_update(&g, (const uint8_t *)label, sizeof(label) - 1);
+    crypto_generichash_update(&g, shared, sizeof(shared));
+    crypto_generichash_update(&g, h[0].epk, MG_VAULT_PK_BYTES);
+    crypto_generichash_update(&g, pk, MG_VAULT_PK_BYTES);
+    crypto_generichash_final(&g, skey, sizeof(skey));
+    for (int i = 0; i < 2; i++) {
+        uint8_t ad[MG_MAILBOX_ID_MAX + 9];
+        uint64_t id = mg_store_writer_ids(w[i])[0];
+        size_t adlen = strlen(mbox[2]) + 1;
+
+        memset(ad, 0, sizeof(ad));
+        memcpy(ad, mbox[2], adlen - 1);
+        for (int b = 7; b >= 0; b--)
+            ad[adlen++] = (uint8_t)(id >> (b * 8));
+        assert_int_equal(mg_store_read_begin(st, &txn, &error), MG_OK);
+        assert_int_equal(
+            mg_rec_chunk_get(st, txn, mbox[2], id, 0, &data, &len, &error),
+            MG_OK);
+        assert_int_equal(crypto_secretstream_xchacha20poly1305_init_pull(
+                             &ss, h[i].header, skey),
+                         0);
+        assert_int_equal(crypto_secretstream_xchacha20poly1305_pull(
+                             &ss, plain, NULL, NULL, data, len, ad, adlen),
+                         0);
+        mg_store_read_end(st, txn);
+        mg_store_writer_free(w[i]);
+    }
+    assert_true(in_data_file(h[0].epk, MG_VAULT_PK_BYTES));
+    assert_false(in_data_file(skey, sizeof(skey)));
+    assert_false(in_data_file(shared, sizeof(shared)));
+    assert_false(in_data_file(sk, sizeof(sk)));
+    sodium_memzero(sk, sizeof(sk));
+    assert_int_equal(run_write(mailbox_pk_fn, swap), MG_OK); /* restored */
+    assert_memory_equal(swap, pk, sizeof(pk));
+}
+
 /* ------------------------------------------------ held, discard, free */
 
 static void
@@ -1472,6 +1605,7 @@ main(void)
         cmocka_unit_test(test_scheme2_sender_key),
         cmocka_unit_test(test_tamper_sender_key),
         cmocka_unit_test(test_scheme1_readable),
+        cmocka_unit_test(test_sender_key_not_on_disk),
         cmocka_unit_test(test_held_publish_discard),
         cmocka_unit_test(test_free_uncommitted),
         cmocka_unit_test(test_back_pressure),
