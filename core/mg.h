@@ -169,10 +169,11 @@ struct mg_settings {
     int64_t max_connections_per_ip;
     struct mg_netlist limit_exempt;
     unsigned worker_threads;
-    unsigned kdf_concurrency; /* parallel Argon2id derivations */
-    bool log_addresses;       /* envelope addresses in the log */
-    uint64_t store_map_size;  /* bytes (sparse) */
-    uint64_t store_reserve;   /* bytes kept for deletions */
+    unsigned kdf_concurrency;           /* parallel Argon2id derivations */
+    bool log_addresses;                 /* envelope addresses in the log */
+    uint64_t store_map_size;            /* bytes (sparse) */
+    uint64_t store_reserve;             /* bytes kept for deletions */
+    unsigned store_sender_key_lifetime; /* seconds; 0: one per message */
 };
 
 /** A parsed and checked configuration file. */

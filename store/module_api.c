@@ -770,6 +770,10 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
         .map_size = s->store_map_size,
         .reserve = s->store_reserve,
         .recover = true, /* the daemon holds the data directory */
+        /* 0 in the file means a key pair per message */
+        .sender_key_lifetime = s->store_sender_key_lifetime > 0
+                                   ? (int)s->store_sender_key_lifetime
+                                   : -1,
     };
     char *dir = mg_xasprintf("%s/store", s->data_dir);
     uint64_t ops, mem;

@@ -26,8 +26,12 @@
 
 #include "store.h"
 
-/* 2: counters in their own database, chunks sized to whole pages */
-#define STORE_FORMAT      2
+/* 2: counters in their own database, chunks sized to whole pages;
+ * 3: messages of encryption scheme 2 (a store of format 2 is read as it
+ * is and upgraded by the first process that opens it for writing, so
+ * that an older mailgated refuses it instead of failing per message) */
+#define STORE_FORMAT      3
+#define STORE_FORMAT_READ 2 /* the oldest format read */
 #define STORE_MAP_DEFAULT (64ULL << 30)
 #define STORE_RESERVE_DEF (64ULL << 20)
 #define STORE_BATCH_OPS   256
@@ -55,6 +59,7 @@ struct mg_store {
     unsigned batch_ops;
     bool read_only;
     char epoch[17];
+    struct mg_vault_senders *senders; /* scheme 2 sender keys */
 
     /* env and dbs change only under envlock held exclusively (reopen) */
     pthread_rwlock_t envlock;
@@ -265,6 +270,12 @@ store_meta_put(struct mg_store *st, MDB_txn *txn, const char *name,
     return MG_OK;
 }
 
+struct mg_vault_senders *
+mg_store_senders(struct mg_store *st)
+{
+    return st->senders;
+}
+
 /* Format and epoch: checked on every open, created with the store. */
 static int
 store_meta_init(struct mg_store *st, MDB_txn *txn, const char **error_r)
@@ -302,15 +313,24 @@ store_meta_init(struct mg_store *st, MDB_txn *txn, const char **error_r)
                                    format, STORE_FORMAT);
             return MG_ERROR;
         }
-        if (format < STORE_FORMAT) {
+        if (format < STORE_FORMAT_READ) {
             /* no store of an older format was ever deployed: nothing to
              * migrate, but never misread one */
             *error_r = store_error("store format %u is older than this "
                                    "mailgated reads (%d); it was made by a "
                                    "development version: move %s away "
                                    "and start with a new store",
-                                   format, STORE_FORMAT, st->dir);
+                                   format, STORE_FORMAT_READ, st->dir);
             return MG_ERROR;
+        }
+        if (format < STORE_FORMAT && !st->read_only) {
+            /* its records are read as they are; from now on it may hold
+             * messages an older version cannot read */
+            store_put_u32(buf, STORE_FORMAT);
+            if (store_meta_put(st, txn, "format", buf, 4, error_r) != MG_OK)
+                return MG_ERROR;
+            mg_log(MG_LOG_INFO, "store: %s upgraded from format %u to %d",
+                   st->dir, format, STORE_FORMAT);
         }
     }
 
@@ -839,6 +859,7 @@ store_mkdir(const char *dir, const char **error_r)
 static void
 store_free(struct mg_store *st)
 {
+    mg_vault_senders_free(st->senders); /* wipes the sender keys */
     pthread_rwlock_destroy(&st->envlock);
     pthread_mutex_destroy(&st->qlock);
     pthread_cond_destroy(&st->qcond);
@@ -866,6 +887,12 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
     st->reserve = cfg->reserve;
     st->batch_ops = cfg->batch_ops ? cfg->batch_ops : STORE_BATCH_OPS;
     st->read_only = cfg->read_only;
+    if (!st->read_only && cfg->sender_key_lifetime >= 0) {
+        st->senders = mg_vault_senders_new(
+            cfg->sender_key_lifetime > 0 ? (unsigned)cfg->sender_key_lifetime
+                                         : MG_VAULT_SENDER_LIFETIME,
+            MG_VAULT_SENDER_MESSAGES, MG_VAULT_SENDER_MAILBOXES);
+    }
     pthread_rwlock_init(&st->envlock, NULL);
     pthread_mutex_init(&st->qlock, NULL);
     pthread_cond_init(&st->qcond, NULL);

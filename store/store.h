@@ -44,8 +44,21 @@
 
 /** Message encryption scheme 1: X25519 sealed box for the message key,
  * XChaCha20-Poly1305 secretstream for envelope and body, every chunk's
- * associated data = mailbox id, NUL, message id (8 bytes big-endian). */
+ * associated data = mailbox id, NUL, message id (8 bytes big-endian).
+ * Read, no longer written. */
 #define MG_VAULT_ALG_V1 1
+/** Message encryption scheme 2: a sender key pair (e, E) cached per
+ * mailbox public key pk for a while; the stream key is
+ * BLAKE2b-256("mailgate vault v2 stream key" || X25519(e, pk) || E || pk)
+ * and the message a secretstream under it (its random header makes the
+ * per-message key), chunk AD as in scheme 1. The header stores E. */
+#define MG_VAULT_ALG_V2 2
+
+/* The sender-key cache's defaults: seconds a sender key lives, messages
+ * it serves at most, mailboxes cached at most (least recently used go). */
+#define MG_VAULT_SENDER_LIFETIME  60
+#define MG_VAULT_SENDER_MESSAGES  100000
+#define MG_VAULT_SENDER_MAILBOXES 1024
 
 /** Kinds of private-key wrap: the mailbox password today; a recovery key
  * wrap can be added later without changing records. */
@@ -75,6 +88,8 @@ struct mg_vault_key;
 struct mg_vault_enc;
 /** The decryption state of one message copy (sodium_malloc'd). */
 struct mg_vault_dec;
+/** Scheme 2 sender keys, one per mailbox public key (thread-safe). */
+struct mg_vault_senders;
 
 /** Guarded, locked memory (sodium_malloc) for secrets; aborts when there
  * is none. Free with sodium_free (it wipes). */
@@ -100,20 +115,44 @@ int mg_vault_unlock(const struct mg_vault_wrap *wrap,
                     struct mg_vault_key **key_r, const char **error_r);
 void mg_vault_key_free(struct mg_vault_key *key);
 
-/** Start a message copy: a fresh message key sealed to pk. */
-struct mg_vault_enc *mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES],
+/** A sender-key cache: a key lives `lifetime` seconds (0: one key pair
+ * per message, nothing cached) and serves `max_messages` at most; at most
+ * `max_mailboxes` are kept. Aborts when out of secure memory. */
+struct mg_vault_senders *mg_vault_senders_new(unsigned lifetime,
+                                              uint32_t max_messages,
+                                              unsigned max_mailboxes);
+/** Wipe every cached key and free (NULL is accepted). */
+void mg_vault_senders_free(struct mg_vault_senders *s);
+
+/** Start a message copy with scheme 2: the sender key of pk from the
+ * cache (NULL: a key pair for this message alone); its public half goes
+ * to epk. NULL only when pk is unusable (a corrupt mailbox record). */
+struct mg_vault_enc *mg_vault_enc_begin(struct mg_vault_senders *s,
+                                        const uint8_t pk[MG_VAULT_PK_BYTES],
                                         const char *mailbox_id, uint64_t msg_id,
-                                        uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                                        uint8_t epk[MG_VAULT_PK_BYTES],
                                         uint8_t header[MG_VAULT_HEADER]);
+/** Start a message copy with scheme 1: a fresh message key sealed to pk
+ * (kept so that tests can write what older versions stored). */
+struct mg_vault_enc *
+mg_vault_enc_begin_v1(const uint8_t pk[MG_VAULT_PK_BYTES],
+                      const char *mailbox_id, uint64_t msg_id,
+                      uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                      uint8_t header[MG_VAULT_HEADER]);
 /** Encrypt one chunk (len ≤ MG_VAULT_CHUNK) into out (len + ABYTES). The
  * last chunk of the message is pushed with final = true. */
 void mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
                        bool final, uint8_t *out);
 void mg_vault_enc_free(struct mg_vault_enc *e);
 
+/** Open a message copy of scheme `alg`: scheme 1 reads sealed_key,
+ * scheme 2 epk (the other may be NULL). Scheme 2 keys are cached in the
+ * unlocked key per sender key, so reading many messages of one sender
+ * key costs one X25519. */
 int mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
-                       uint64_t msg_id,
+                       uint64_t msg_id, uint8_t alg,
                        const uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                       const uint8_t epk[MG_VAULT_PK_BYTES],
                        const uint8_t header[MG_VAULT_HEADER],
                        struct mg_vault_dec **dec_r, const char **error_r);
 /** Decrypt one chunk into out (len - ABYTES bytes). MG_ERROR when it
@@ -161,12 +200,13 @@ enum mg_msg_state {
 /** The clear part of a message record (the rest is encrypted). */
 struct mg_msg_header {
     uint8_t state;     /* enum mg_msg_state */
-    uint8_t alg;       /* MG_VAULT_ALG_V1 */
+    uint8_t alg;       /* MG_VAULT_ALG_V1 or _V2 */
     uint8_t flags;     /* MG_MSG_F_* */
     uint64_t received; /* unix seconds */
     uint64_t size;     /* plaintext body bytes */
     uint32_t nchunks;  /* ciphertext chunks, the envelope chunk 0 included */
-    uint8_t sealed_key[MG_VAULT_SEALED_KEY];
+    uint8_t sealed_key[MG_VAULT_SEALED_KEY]; /* scheme 1 only */
+    uint8_t epk[MG_VAULT_PK_BYTES];          /* scheme 2 only: E */
     uint8_t header[MG_VAULT_HEADER];
 };
 /** Published at start after a crash between commit and publish. */
@@ -207,14 +247,17 @@ bool mg_mailbox_id_valid(const char *id);
 
 /** How to open the store. */
 struct mg_store_config {
-    const char *dir;    /* <data_dir>/store, created 0700 */
-    uint64_t map_size;  /* bytes; sparse; default 64 GiB */
-    uint64_t reserve;   /* bytes kept free for deletions; default 64 MiB */
-    bool read_only;     /* tools that only read */
-    bool recover;       /* clean up after a crash: only the process that
-                           holds the data directory lock (the daemon) */
-    unsigned batch_ops; /* ops per commit at most; 0: 256 (1: no group
-                           commit, for the benchmark's baseline) */
+    const char *dir;         /* <data_dir>/store, created 0700 */
+    uint64_t map_size;       /* bytes; sparse; default 64 GiB */
+    uint64_t reserve;        /* bytes kept free for deletions; default 64 MiB */
+    bool read_only;          /* tools that only read */
+    bool recover;            /* clean up after a crash: only the process that
+                                holds the data directory lock (the daemon) */
+    unsigned batch_ops;      /* ops per commit at most; 0: 256 (1: no group
+                                commit, for the benchmark's baseline) */
+    int sender_key_lifetime; /* seconds a scheme 2 sender key is used; 0:
+                                MG_VAULT_SENDER_LIFETIME; < 0: a new key
+                                pair for every message */
 };
 
 struct mg_store;
@@ -283,6 +326,9 @@ const struct mg_store_dbs *mg_store_dbs(const struct mg_store *st);
 MDB_env *mg_store_env(struct mg_store *st);
 /** True when the map is within the reserve: new mail must be refused. */
 bool mg_store_low_space(struct mg_store *st);
+/** The store's sender-key cache for message encryption (NULL when read
+ * only: a key pair per message). Wiped at close. */
+struct mg_vault_senders *mg_store_senders(struct mg_store *st);
 /** A consistent compacting copy of the store into dir (mdb_env_copy2). */
 int mg_store_backup(struct mg_store *st, const char *dir, const char **error_r);
 

@@ -3,15 +3,22 @@
  * (libsodium only).
  *
  * The vault performs operations and never hands key bytes out: unlocked
- * private keys and derived keys live in sodium_malloc'd memory, per-message
- * keys on the stack, and all of them are wiped after use. Error texts are
- * string literals because derivations run on worker threads (mg_error's
- * rotating buffers belong to the loop thread).
+ * private keys, derived keys and the cached scheme 2 stream keys live in
+ * sodium_malloc'd memory, per-message keys on the stack, and all of them
+ * are wiped after use. Error texts are string literals because
+ * derivations run on worker threads (mg_error's rotating buffers belong
+ * to the loop thread).
+ *
+ * Messages are written with scheme 2 (store.h): the public-key step, two
+ * X25519 operations, is done once per mailbox and sender-key lifetime
+ * instead of once per message (crypto_box_seal in scheme 1, which is
+ * still read). doc/security.md says what the cached key exposes.
  */
 #include "config.h"
 
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include <sodium.h>
 
@@ -44,9 +51,23 @@ _Static_assert(crypto_secretbox_KEYBYTES == 32, "wrap key size");
 /* associated data: mailbox id, NUL, message id (8 bytes big-endian) */
 #define VAULT_AD_MAX (MG_MAILBOX_ID_MAX + 1 + 8)
 
+/* Scheme 2 stream keys a reader derived, by sender public key E: a POP3
+ * session reading the messages of one minute derives once. Sender keys
+ * change in arrival order, so replacing the oldest entry is enough. */
+#define VAULT_RCACHE 16
+
+struct vault_rcache {
+    pthread_mutex_t lock;
+    unsigned n, next; /* entries in use, the one replaced next */
+    uint8_t epk[VAULT_RCACHE][MG_VAULT_PK_BYTES];
+    uint8_t key[VAULT_RCACHE][crypto_secretstream_xchacha20poly1305_KEYBYTES];
+};
+
+/* Read-only once unlocked; the cache (read-write) is its own allocation. */
 struct mg_vault_key {
     uint8_t sk[crypto_box_SECRETKEYBYTES];
     uint8_t pk[MG_VAULT_PK_BYTES];
+    struct vault_rcache *rc;
 };
 
 struct mg_vault_enc {
@@ -238,6 +259,9 @@ mg_vault_unlock(const struct mg_vault_wrap *wrap,
         goto out;
     }
     memcpy(k->pk, pk, MG_VAULT_PK_BYTES);
+    k->rc = mg_vault_secure_alloc(sizeof(*k->rc));
+    k->rc->n = k->rc->next = 0;
+    pthread_mutex_init(&k->rc->lock, NULL);
     sodium_mprotect_readonly(k);
     *key_r = k;
     k = NULL;
@@ -251,6 +275,12 @@ out:
 void
 mg_vault_key_free(struct mg_vault_key *key)
 {
+    if (key == NULL)
+        return;
+    if (key->rc != NULL) {
+        pthread_mutex_destroy(&key->rc->lock);
+        sodium_free(key->rc); /* wipes the cached stream keys */
+    }
     sodium_free(key);
 }
 
@@ -270,8 +300,6 @@ vault_ad(uint8_t ad[VAULT_AD_MAX], const char *mailbox_id, uint64_t msg_id)
     return n;
 }
 
-/* Returns NULL only when pk is not a usable public key (crypto_box_seal
- * refuses low-order points), i.e. a corrupt mailbox record. */
 /*
  * Stream states hold key material, so they live in sodium_malloc memory
  * (guard pages, locked). Mapping and unmapping that for every message
@@ -325,10 +353,361 @@ mg_vault_secure_alloc(size_t n)
     return p;
 }
 
+/* ------------------------------------------------------- scheme 2 keys */
+
+/*
+ * The stream key of scheme 2, from either side of the exchange: the
+ * writer passes (e, pk), the reader (sk, E). Never the raw X25519 output:
+ * BLAKE2b over a label, the shared point and both public keys (as
+ * crypto_kx does), so the key is bound to the pair of keys it was made
+ * for. Fails on a low-order point (an all-zero shared secret).
+ */
+static const char vault_v2_label[] = "mailgate vault v2 stream key";
+
+static int
+vault_v2_key(uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES],
+             const uint8_t secret[crypto_box_SECRETKEYBYTES],
+             const uint8_t point[MG_VAULT_PK_BYTES],
+             const uint8_t epk[MG_VAULT_PK_BYTES],
+             const uint8_t pk[MG_VAULT_PK_BYTES])
+{
+    uint8_t shared[crypto_scalarmult_BYTES];
+    crypto_generichash_state h;
+
+    if (crypto_scalarmult(shared, secret, point) != 0) {
+        sodium_memzero(shared, sizeof(shared));
+        return -1;
+    }
+    crypto_generichash_init(&h, NULL, 0,
+                            crypto_secretstream_xchacha20poly1305_KEYBYTES);
+    crypto_generichash_update(&h, (const uint8_t *)vault_v2_label,
+                              sizeof(vault_v2_label) - 1);
+    crypto_generichash_update(&h, shared, sizeof(shared));
+    crypto_generichash_update(&h, epk, MG_VAULT_PK_BYTES);
+    crypto_generichash_update(&h, pk, MG_VAULT_PK_BYTES);
+    crypto_generichash_final(&h, key,
+                             crypto_secretstream_xchacha20poly1305_KEYBYTES);
+    sodium_memzero(shared, sizeof(shared));
+    sodium_memzero(&h, sizeof(h));
+    return 0;
+}
+
+/* A new sender key pair for pk: E and the stream key; e never outlives
+ * this call. -1 when pk is unusable. */
+static int
+vault_sender_make(const uint8_t pk[MG_VAULT_PK_BYTES],
+                  uint8_t epk[MG_VAULT_PK_BYTES],
+                  uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES])
+{
+    uint8_t e[crypto_box_SECRETKEYBYTES];
+    int rc;
+
+    crypto_box_keypair(epk, e);
+    rc = vault_v2_key(key, e, pk, epk, pk);
+    sodium_memzero(e, sizeof(e));
+    return rc;
+}
+
+/*
+ * The writer's cache: one sender key per mailbox public key, found by a
+ * hash of pk (public keys are uniformly random), least recently used
+ * evicted when full. What it caches is the derived stream key (the
+ * secret e is wiped as soon as that is made): in sodium_malloc memory,
+ * wiped when replaced, evicted and at free. E, pk, ages and the links
+ * are not secret and live in ordinary memory.
+ */
+struct vault_slot {
+    uint8_t pk[MG_VAULT_PK_BYTES];  /* the mailbox */
+    uint8_t epk[MG_VAULT_PK_BYTES]; /* its sender public key E */
+    uint64_t born_ms;               /* monotonic */
+    uint32_t uses;                  /* messages encrypted with it */
+    int32_t hnext;                  /* hash chain */
+    int32_t prev, next;             /* LRU list, head = most recent */
+};
+
+struct mg_vault_senders {
+    pthread_mutex_t lock;
+    uint64_t lifetime_ms; /* 0: nothing cached */
+    uint32_t max_uses;
+    uint32_t cap, n;
+    struct vault_slot *slot;
+    uint8_t (*key)[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    int32_t *bucket;
+    uint32_t nbucket; /* a power of two */
+    int32_t head, tail;
+};
+
+static uint64_t
+vault_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct mg_vault_senders *
+mg_vault_senders_new(unsigned lifetime, uint32_t max_messages,
+                     unsigned max_mailboxes)
+{
+    struct mg_vault_senders *s = mg_xcalloc(1, sizeof(*s));
+
+    pthread_mutex_init(&s->lock, NULL);
+    s->lifetime_ms = (uint64_t)lifetime * 1000;
+    s->max_uses = max_messages > 0 ? max_messages : 1;
+    s->cap = max_mailboxes > 0 ? max_mailboxes : 1;
+    s->head = s->tail = -1;
+    if (s->lifetime_ms == 0)
+        return s;
+    s->slot = mg_xcalloc(s->cap, sizeof(*s->slot));
+    s->key = mg_vault_secure_alloc(s->cap * sizeof(*s->key));
+    for (s->nbucket = 1; s->nbucket < 2 * s->cap; s->nbucket *= 2)
+        ;
+    s->bucket = mg_xcalloc(s->nbucket, sizeof(*s->bucket));
+    for (uint32_t i = 0; i < s->nbucket; i++)
+        s->bucket[i] = -1;
+    return s;
+}
+
+void
+mg_vault_senders_free(struct mg_vault_senders *s)
+{
+    if (s == NULL)
+        return;
+    sodium_free(s->key); /* wipes every cached key; NULL is accepted */
+    free(s->slot);
+    free(s->bucket);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static uint32_t
+vault_bucket(const struct mg_vault_senders *s,
+             const uint8_t pk[MG_VAULT_PK_BYTES])
+{
+    uint32_t h;
+
+    memcpy(&h, pk, sizeof(h));
+    return h & (s->nbucket - 1);
+}
+
+static int32_t
+vault_slot_find(const struct mg_vault_senders *s,
+                const uint8_t pk[MG_VAULT_PK_BYTES])
+{
+    int32_t i;
+
+    for (i = s->bucket[vault_bucket(s, pk)]; i >= 0; i = s->slot[i].hnext)
+        if (memcmp(s->slot[i].pk, pk, MG_VAULT_PK_BYTES) == 0)
+            return i;
+    return -1;
+}
+
+static void
+vault_lru_unlink(struct mg_vault_senders *s, int32_t i)
+{
+    struct vault_slot *v = &s->slot[i];
+
+    if (v->prev >= 0)
+        s->slot[v->prev].next = v->next;
+    else
+        s->head = v->next;
+    if (v->next >= 0)
+        s->slot[v->next].prev = v->prev;
+    else
+        s->tail = v->prev;
+}
+
+static void
+vault_lru_front(struct mg_vault_senders *s, int32_t i)
+{
+    s->slot[i].prev = -1;
+    s->slot[i].next = s->head;
+    if (s->head >= 0)
+        s->slot[s->head].prev = i;
+    s->head = i;
+    if (s->tail < 0)
+        s->tail = i;
+}
+
+static void
+vault_hash_unlink(struct mg_vault_senders *s, int32_t i)
+{
+    int32_t *p = &s->bucket[vault_bucket(s, s->slot[i].pk)];
+
+    while (*p != i)
+        p = &s->slot[*p].hnext;
+    *p = s->slot[i].hnext;
+}
+
+static bool
+vault_slot_fresh(const struct mg_vault_senders *s, int32_t i, uint64_t now)
+{
+    return now - s->slot[i].born_ms < s->lifetime_ms &&
+           s->slot[i].uses < s->max_uses;
+}
+
+/* Use slot i for one message: its E and stream key out, counted. */
+static void
+vault_slot_use(struct mg_vault_senders *s, int32_t i,
+               uint8_t epk[MG_VAULT_PK_BYTES],
+               uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES])
+{
+    memcpy(epk, s->slot[i].epk, MG_VAULT_PK_BYTES);
+    memcpy(key, s->key[i], sizeof(s->key[i]));
+    s->slot[i].uses++;
+    if (s->head != i) {
+        vault_lru_unlink(s, i);
+        vault_lru_front(s, i);
+    }
+}
+
+/* A new sender key for pk replaces its old one, or takes a free slot, or
+ * the least recently used mailbox's. */
+static int32_t
+vault_slot_install(
+    struct mg_vault_senders *s, const uint8_t pk[MG_VAULT_PK_BYTES],
+    const uint8_t epk[MG_VAULT_PK_BYTES],
+    const uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES],
+    uint64_t now)
+{
+    int32_t i = vault_slot_find(s, pk);
+
+    if (i < 0) {
+        if (s->n < s->cap) {
+            i = (int32_t)s->n++;
+        } else {
+            i = s->tail;
+            vault_hash_unlink(s, i);
+            vault_lru_unlink(s, i);
+        }
+        memcpy(s->slot[i].pk, pk, MG_VAULT_PK_BYTES);
+        s->slot[i].hnext = s->bucket[vault_bucket(s, pk)];
+        s->bucket[vault_bucket(s, pk)] = i;
+        vault_lru_front(s, i);
+    }
+    sodium_memzero(s->key[i], sizeof(s->key[i]));
+    memcpy(s->key[i], key, sizeof(s->key[i]));
+    memcpy(s->slot[i].epk, epk, MG_VAULT_PK_BYTES);
+    s->slot[i].born_ms = now;
+    s->slot[i].uses = 0;
+    return i;
+}
+
+/*
+ * The sender key for one message to pk. A cache hit is a lookup under
+ * the lock; a miss makes the key pair outside it (two X25519 operations:
+ * other mailboxes' writers need not wait), then installs it unless
+ * another thread installed a fresh one meanwhile (then that one is used
+ * and ours wiped).
+ */
+static int
+vault_sender_get(struct mg_vault_senders *s,
+                 const uint8_t pk[MG_VAULT_PK_BYTES],
+                 uint8_t epk[MG_VAULT_PK_BYTES],
+                 uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES])
+{
+    uint8_t nepk[MG_VAULT_PK_BYTES];
+    uint8_t nkey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    uint64_t now;
+    int32_t i;
+
+    if (s == NULL || s->lifetime_ms == 0)
+        return vault_sender_make(pk, epk, key);
+    now = vault_now_ms();
+    pthread_mutex_lock(&s->lock);
+    i = vault_slot_find(s, pk);
+    if (i >= 0 && vault_slot_fresh(s, i, now)) {
+        vault_slot_use(s, i, epk, key);
+        pthread_mutex_unlock(&s->lock);
+        return 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+
+    if (vault_sender_make(pk, nepk, nkey) != 0)
+        return -1;
+    now = vault_now_ms();
+    pthread_mutex_lock(&s->lock);
+    i = vault_slot_find(s, pk);
+    if (i < 0 || !vault_slot_fresh(s, i, now))
+        i = vault_slot_install(s, pk, nepk, nkey, now);
+    vault_slot_use(s, i, epk, key);
+    pthread_mutex_unlock(&s->lock);
+    sodium_memzero(nkey, sizeof(nkey));
+    return 0;
+}
+
+/* The reader's side: the stream key of sender key E, derived once per E
+ * and unlocked key. -1 when E is not a usable point. */
+static int
+vault_reader_key(const struct mg_vault_key *k,
+                 const uint8_t epk[MG_VAULT_PK_BYTES],
+                 uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES])
+{
+    struct vault_rcache *rc = k->rc;
+    unsigned i;
+
+    pthread_mutex_lock(&rc->lock);
+    for (i = 0; i < rc->n; i++) {
+        if (memcmp(rc->epk[i], epk, MG_VAULT_PK_BYTES) == 0) {
+            memcpy(key, rc->key[i], sizeof(rc->key[i]));
+            pthread_mutex_unlock(&rc->lock);
+            return 0;
+        }
+    }
+    pthread_mutex_unlock(&rc->lock);
+
+    if (vault_v2_key(key, k->sk, epk, epk, k->pk) != 0)
+        return -1;
+    pthread_mutex_lock(&rc->lock);
+    i = rc->next;
+    rc->next = (rc->next + 1) % VAULT_RCACHE;
+    if (rc->n < VAULT_RCACHE)
+        rc->n++;
+    /* overwriting wipes the oldest entry's key */
+    memcpy(rc->epk[i], epk, MG_VAULT_PK_BYTES);
+    memcpy(rc->key[i], key, sizeof(rc->key[i]));
+    pthread_mutex_unlock(&rc->lock);
+    return 0;
+}
+
+/* ------------------------------------------------------- message streams */
+
+/*
+ * Scheme 2 per message: the stream key of the mailbox's current sender
+ * key, and a secretstream under it. No separate per-message key: the
+ * stream's init derives one itself (HChaCha20 of the key and 128 random
+ * bits of the header; the state keeps only that), so each message still
+ * has a key of its own, and nothing is added to the cost of a small
+ * message. Returns NULL only when pk is unusable.
+ */
 struct mg_vault_enc *
-mg_vault_enc_begin(const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
-                   uint64_t msg_id, uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+mg_vault_enc_begin(struct mg_vault_senders *s,
+                   const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
+                   uint64_t msg_id, uint8_t epk[MG_VAULT_PK_BYTES],
                    uint8_t header[MG_VAULT_HEADER])
+{
+    uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    struct mg_vault_enc *e;
+
+    if (vault_sender_get(s, pk, epk, key) != 0) {
+        sodium_memzero(key, sizeof(key));
+        return NULL;
+    }
+    e = vault_state_get();
+    e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
+    crypto_secretstream_xchacha20poly1305_init_push(&e->st, header, key);
+    sodium_memzero(key, sizeof(key));
+    return e;
+}
+
+/* Scheme 1. Returns NULL only when pk is not a usable public key
+ * (crypto_box_seal refuses low-order points), i.e. a corrupt record. */
+struct mg_vault_enc *
+mg_vault_enc_begin_v1(const uint8_t pk[MG_VAULT_PK_BYTES],
+                      const char *mailbox_id, uint64_t msg_id,
+                      uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                      uint8_t header[MG_VAULT_HEADER])
 {
     uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     struct mg_vault_enc *e;
@@ -366,8 +745,9 @@ mg_vault_enc_free(struct mg_vault_enc *e)
 
 int
 mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
-                   uint64_t msg_id,
+                   uint64_t msg_id, uint8_t alg,
                    const uint8_t sealed_key[MG_VAULT_SEALED_KEY],
+                   const uint8_t epk[MG_VAULT_PK_BYTES],
                    const uint8_t header[MG_VAULT_HEADER],
                    struct mg_vault_dec **dec_r, const char **error_r)
 {
@@ -379,10 +759,22 @@ mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
         *error_r = "invalid mailbox id";
         return MG_ERROR;
     }
-    if (crypto_box_seal_open(mkey, sealed_key, MG_VAULT_SEALED_KEY, key->pk,
-                             key->sk) != 0) {
-        sodium_memzero(mkey, sizeof(mkey));
-        *error_r = "cannot open the message key";
+    if (alg == MG_VAULT_ALG_V1 && sealed_key != NULL) {
+        if (crypto_box_seal_open(mkey, sealed_key, MG_VAULT_SEALED_KEY, key->pk,
+                                 key->sk) != 0) {
+            sodium_memzero(mkey, sizeof(mkey));
+            *error_r = "cannot open the message key";
+            return MG_ERROR;
+        }
+    } else if (alg == MG_VAULT_ALG_V2 && epk != NULL) {
+        /* a wrong E gives a wrong key: the first chunk fails */
+        if (vault_reader_key(key, epk, mkey) != 0) {
+            sodium_memzero(mkey, sizeof(mkey));
+            *error_r = "invalid sender key";
+            return MG_ERROR;
+        }
+    } else {
+        *error_r = "unknown encryption scheme";
         return MG_ERROR;
     }
     d = vault_state_get();

@@ -88,15 +88,16 @@ k = lambda mode: (mode, 1048576, 32, "grown")
 print("grown store (1 GiB kept, no deletions) 1 MiB x32: store %.1f/s raw %.1f/s -> %s"
       % (m("store", 1048576, 32, "grown"), m("raw", 1048576, 32, "grown"),
          fmt(ratio(k("store"), k("raw")))))
-# the vault's path per message: one crypto_box_seal (the message key) and
-# the chunks; at 4 KiB the seal is nearly all of it
+# the vault's path per message (scheme 2): the mailbox's cached stream key
+# (a new sender key pair once a minute) and the chunks
 print("encryption path (vault, one thread) against bare secretstream, in turn:")
 for size in (4096, 65536, 1048576):
     print("  %7d B: vault %.1f MB/s, secretstream %.1f MB/s -> %s" % (size,
           m("vault", size, 1) * size / 1e6, m("stream", size, 1) * size / 1e6,
           fmt(ratio(("vault", size, 1, False), ("stream", size, 1, False)))))
 seal = m("seal", 0, 1)
-print("crypto_box_seal: %.0f/s (one thread)" % seal)
+print("crypto_box_seal: %.0f/s (one thread; what scheme 1 paid per message)"
+      % seal)
 print("targets (32 writers):")
 for size in (65536, 1048576):
     for steady in (False, True):

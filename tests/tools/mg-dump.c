@@ -2,7 +2,7 @@
  * tests/tools/mg-dump.c -- list and decrypt a mailbox's messages (test-only).
  *
  *   mg-dump DATA_DIR MAILBOX_ID [--password P | --password-file F]
- *           [--write DIR]
+ *           [--write DIR] [--keys]
  *
  * Opens DATA_DIR/store read-only, unlocks the mailbox key (the password is
  * read from stdin when neither option is given), prints one line per
@@ -11,7 +11,12 @@
  *   id=N uidl=U received=T size=S source=X sender=<a> rcpts=<b>,<c>
  *
  * and with --write stores each decrypted body as DIR/<id>.eml. Every
- * message is decrypted (and so checked) even without --write.
+ * message is decrypted (and so checked) even without --write. With
+ * --keys the line says how the message is encrypted instead:
+ *
+ *   id=N alg=A sender_key=HEX    (scheme 2: the sender public key E)
+ *   id=N alg=1 sender_key=-      (scheme 1: a sealed message key)
+
  * Exit 0: all fine; 1: any error ("wrong password" for a bad password).
  */
 #include "config.h"
@@ -28,7 +33,7 @@ static void
 dump_usage(void)
 {
     fprintf(stderr, "usage: mg-dump DATA_DIR MAILBOX_ID [--password P | "
-                    "--password-file F] [--write DIR]\n");
+                    "--password-file F] [--write DIR] [--keys]\n");
     exit(1);
 }
 
@@ -87,11 +92,42 @@ dump_unlock(struct mg_store *st, const char *mailbox_id, const char *password,
     return 0;
 }
 
+/* The --keys line: the header's scheme and sender key. */
+static int
+dump_key_line(struct mg_store *st, const char *mailbox_id, uint64_t id)
+{
+    struct mg_msg_header h;
+    const char *error = NULL;
+    char hex[2 * MG_VAULT_PK_BYTES + 1];
+    MDB_txn *txn;
+    int rc;
+
+    if (mg_store_read_begin(st, &txn, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: %s\n", error);
+        return -1;
+    }
+    rc = mg_rec_msg_get(st, txn, mailbox_id, id, &h, &error);
+    mg_store_read_end(st, txn);
+    if (rc != MG_OK) {
+        fprintf(stderr, "mg-dump: message %" PRIu64 ": %s\n", id,
+                error != NULL ? error : "gone");
+        return -1;
+    }
+    if (h.alg == MG_VAULT_ALG_V2) {
+        for (size_t i = 0; i < MG_VAULT_PK_BYTES; i++)
+            snprintf(hex + 2 * i, 3, "%02x", h.epk[i]);
+    } else {
+        snprintf(hex, sizeof(hex), "-");
+    }
+    printf("id=%" PRIu64 " alg=%u sender_key=%s\n", id, h.alg, hex);
+    return 0;
+}
+
 /* Print one message's line; decrypt it, into DIR/<id>.eml with a dir. */
 static int
 dump_message(struct mg_store *st, const struct mg_vault_key *key,
              const char *mailbox_id, const struct mg_msg_ref *ref,
-             const char *dir)
+             const char *dir, bool keys)
 {
     struct mg_store_reader *r;
     const struct mg_envelope *env;
@@ -142,6 +178,10 @@ dump_message(struct mg_store *st, const struct mg_vault_key *key,
         mg_store_reader_close(r);
         return -1;
     }
+    if (keys) {
+        mg_store_reader_close(r);
+        return dump_key_line(st, mailbox_id, ref->id);
+    }
     env = mg_store_reader_envelope(r);
     mg_msg_uidl(st, ref->id, uidl);
     printf("id=%" PRIu64 " uidl=%s received=%" PRIu64 " size=%" PRIu64
@@ -167,6 +207,7 @@ main(int argc, char **argv)
     MDB_txn *txn;
     size_t n = 0;
     int status = 0;
+    bool keys = false;
 
     if (argc < 3)
         dump_usage();
@@ -177,6 +218,8 @@ main(int argc, char **argv)
             pwfile = argv[++i];
         else if (strcmp(argv[i], "--write") == 0 && i + 1 < argc)
             dir = argv[++i];
+        else if (strcmp(argv[i], "--keys") == 0)
+            keys = true;
         else
             dump_usage();
     }
@@ -220,7 +263,7 @@ main(int argc, char **argv)
         mg_store_read_end(st, txn);
     }
     for (size_t i = 0; i < n; i++) {
-        if (dump_message(st, key, argv[2], &v[i], dir) != 0)
+        if (dump_message(st, key, argv[2], &v[i], dir, keys) != 0)
             status = 1;
     }
     free(v);

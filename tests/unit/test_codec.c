@@ -327,6 +327,34 @@ test_msg_roundtrip(void **state)
     assert_memory_equal(&h, &d, sizeof(h));
     t_hostile(T_MSG, &b);
 
+    /* scheme 2 stores E in place of the sealed key */
+    {
+        struct mg_msg_header h2 = h;
+
+        memset(h2.sealed_key, 0, sizeof(h2.sealed_key));
+        h2.alg = MG_VAULT_ALG_V2;
+        for (size_t i = 0; i < sizeof(h2.epk); i++)
+            h2.epk[i] = (uint8_t)(0x33 ^ i);
+        mg_buf_clear(&b);
+        mg_codec_msg_encode(&h2, &b);
+        assert_int_equal(mg_buf_len(&b), 24 + sizeof(h2.epk) + MG_VAULT_HEADER);
+        assert_int_equal(
+            mg_codec_msg_decode(mg_buf_data(&b), mg_buf_len(&b), &d, &error),
+            MG_OK);
+        assert_memory_equal(&h2, &d, sizeof(h2));
+        t_hostile(T_MSG, &b);
+        /* read as scheme 1 (the alg byte flipped) it is too short */
+        ((uint8_t *)mg_buf_data(&b))[2] = MG_VAULT_ALG_V1;
+        assert_int_equal(
+            t_decode(T_MSG, mg_buf_data(&b), mg_buf_len(&b), &error), MG_ERROR);
+    }
+    mg_buf_clear(&b);
+    mg_codec_msg_encode(&h, &b);
+    /* a scheme 1 record read as scheme 2 has trailing bytes */
+    ((uint8_t *)mg_buf_data(&b))[2] = MG_VAULT_ALG_V2;
+    assert_int_equal(t_decode(T_MSG, mg_buf_data(&b), mg_buf_len(&b), &error),
+                     MG_ERROR);
+
     /* an unknown state is refused */
     h.state = 4;
     mg_buf_clear(&b);

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <sodium.h>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
 #endif
@@ -753,6 +754,362 @@ test_tamper_move(void **state)
     assert_int_equal(good, 0);
 }
 
+/* ------------------------------------------------ encryption schemes */
+
+static struct mg_msg_header
+header_of(size_t mb, uint64_t id)
+{
+    struct mg_msg_header h;
+    const char *error = NULL;
+    MDB_txn *txn;
+
+    assert_int_equal(mg_store_read_begin(st, &txn, &error), MG_OK);
+    assert_int_equal(mg_rec_msg_get(st, txn, mbox[mb], id, &h, &error), MG_OK);
+    mg_store_read_end(st, txn);
+    return h;
+}
+
+struct header_edit {
+    size_t mb;
+    uint64_t id;
+    struct mg_msg_header h;
+};
+
+static int
+header_put_fn(MDB_txn *txn, void *arg)
+{
+    struct header_edit *e = arg;
+    const char *error = NULL;
+
+    return mg_rec_msg_put(st, txn, mbox[e->mb], e->id, &e->h, &error);
+}
+
+/*
+ * New messages are scheme 2; two in quick succession to one mailbox share
+ * its sender key E (another mailbox has its own), which is a public key,
+ * and both read back. The header record holds E and the stream header,
+ * no key material.
+ */
+static void
+test_scheme2_sender_key(void **state)
+{
+    struct mg_store_writer *w1, *w2, *w3;
+    struct mg_msg_header h1, h2, h3;
+    uint64_t id1, id2, id3, good;
+
+    (void)state;
+    w1 = write_msg(1, 1000, 61, 1000, true);
+    w2 = write_msg(1, 2000, 62, 2000, true);
+    w3 = write_msg(2, 3000, 63, 3000, true); /* mailboxes 0 and 1 */
+    id1 = mg_store_writer_ids(w1)[0];
+    id2 = mg_store_writer_ids(w2)[0];
+    id3 = mg_store_writer_ids(w3)[1];
+    h1 = header_of(0, id1);
+    h2 = header_of(0, id2);
+    h3 = header_of(1, id3);
+    assert_int_equal(h1.alg, MG_VAULT_ALG_V2);
+    assert_int_equal(h3.alg, MG_VAULT_ALG_V2);
+    assert_memory_equal(h1.epk, h2.epk, MG_VAULT_PK_BYTES);
+    assert_memory_not_equal(h1.epk, h3.epk, MG_VAULT_PK_BYTES);
+    assert_memory_not_equal(h1.header, h2.header, MG_VAULT_HEADER);
+    assert_int_equal(read_msg(0, keys[0], id1, 1000, 61, &good), MG_DECLINED);
+    assert_int_equal(read_msg(0, keys[0], id2, 2000, 62, &good), MG_DECLINED);
+    assert_int_equal(read_msg(1, keys[1], id3, 3000, 63, &good), MG_DECLINED);
+    assert_int_equal(read_msg(0, keys[1], id2, 2000, 62, &good), MG_ERROR);
+    {
+        /* the record: version, state, alg, flags, received, size,
+         * nchunks, E, stream header; nothing else */
+        struct mg_buf b;
+
+        mg_buf_init(&b);
+        mg_codec_msg_encode(&h1, &b);
+        assert_int_equal(mg_buf_len(&b),
+                         4 + 8 + 8 + 4 + MG_VAULT_PK_BYTES + MG_VAULT_HEADER);
+        mg_buf_free(&b);
+    }
+    mg_store_writer_free(w1);
+    mg_store_writer_free(w2);
+    mg_store_writer_free(w3);
+}
+
+/* E or the stream header replaced or flipped in a stored scheme 2
+ * header: authentication fails before any byte comes out. */
+static void
+test_tamper_sender_key(void **state)
+{
+    struct header_edit e = {.mb = 0};
+    struct mg_store_writer *w;
+    struct mg_msg_header orig;
+    uint64_t good, other;
+
+    (void)state;
+    e.id = tamper_msg(71);
+    orig = header_of(0, e.id);
+    w = write_msg(2, 10, 72, 10, true); /* mailbox 1's E */
+    other = mg_store_writer_ids(w)[1];
+    mg_store_writer_free(w);
+
+    e.h = orig;
+    memcpy(e.h.epk, header_of(1, other).epk, MG_VAULT_PK_BYTES);
+    assert_int_equal(run_write(header_put_fn, &e), MG_OK);
+    assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_ERROR);
+    assert_int_equal(good, 0);
+
+    e.h = orig;
+    e.h.epk[17] ^= 0x08;
+    assert_int_equal(run_write(header_put_fn, &e), MG_OK);
+    assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_ERROR);
+    assert_int_equal(good, 0);
+
+    e.h = orig;
+    e.h.header[3] ^= 0x40;
+    assert_int_equal(run_write(header_put_fn, &e), MG_OK);
+    assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_ERROR);
+    assert_int_equal(good, 0);
+
+    e.h = orig;
+    e.h.alg = 3; /* an unknown scheme */
+    assert_int_equal(run_write(header_put_fn, &e), MG_OK);
+    assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_ERROR);
+
+    e.h = orig;
+    assert_int_equal(run_write(header_put_fn, &e), MG_OK);
+    assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_DECLINED);
+}
+
+/* A message as versions before scheme 2 wrote it: the envelope and body
+ * through the scheme 1 path (a sealed message key), the records as
+ * message.c writes them. */
+struct v1_msg {
+    uint64_t id;
+    uint64_t size;
+    unsigned seed;
+};
+
+static int
+v1_write_fn(MDB_txn *txn, void *arg)
+{
+    struct v1_msg *v = arg;
+    struct mg_msg_header h;
+    struct mg_mailbox m;
+    struct mg_vault_enc *e;
+    const char *error = NULL;
+    uint8_t *plain, *c;
+    struct mg_buf env;
+    uint64_t off = 0;
+    uint32_t k = 0;
+    int rc;
+
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(mg_rec_mailbox_get(st, txn, mbox[0], &m, &error), MG_OK);
+    assert_int_equal(mg_rec_msg_ids(st, txn, 1, &v->id, &error), MG_OK);
+    memset(&h, 0, sizeof(h));
+    h.state = MG_MSG_WRITING;
+    h.alg = MG_VAULT_ALG_V1;
+    h.received = (uint64_t)time(NULL);
+    e = mg_vault_enc_begin_v1(m.pk, mbox[0], v->id, h.sealed_key, h.header);
+    mg_mailbox_clear(&m);
+    assert_non_null(e);
+    plain = malloc(CHUNK);
+    c = malloc(CHUNK + MG_VAULT_ABYTES);
+    mg_buf_init(&env);
+    mg_codec_envelope_encode(&test_env, &env);
+    mg_vault_enc_push(e, mg_buf_data(&env), mg_buf_len(&env), false, c);
+    rc = mg_rec_chunk_put(st, txn, mbox[0], v->id, k++, c,
+                          mg_buf_len(&env) + MG_VAULT_ABYTES, &error);
+    mg_buf_free(&env);
+    do {
+        size_t len = v->size - off < CHUNK ? (size_t)(v->size - off) : CHUNK;
+
+        body_fill(plain, off, len, v->seed);
+        mg_vault_enc_push(e, plain, len, off + len == v->size, c);
+        if (rc == MG_OK)
+            rc = mg_rec_chunk_put(st, txn, mbox[0], v->id, k++, c,
+                                  len + MG_VAULT_ABYTES, &error);
+        off += len;
+    } while (off < v->size);
+    mg_vault_enc_free(e);
+    free(c);
+    free(plain);
+    h.size = v->size;
+    h.nchunks = k;
+    if (rc == MG_OK)
+        rc = mg_rec_msg_commit(st, txn, mbox[0], v->id, &h, true, &error);
+    return rc;
+}
+
+/* Scheme 1 messages (a store made before scheme 2) read as they did,
+ * next to scheme 2 ones in the same mailbox, and their records keep the
+ * sealed key. */
+static void
+test_scheme1_readable(void **state)
+{
+    struct v1_msg v[3] = {{0, 0, 81}, {0, CHUNK + 5, 82}, {0, 1000, 83}};
+    struct mg_store_writer *w;
+    uint64_t good;
+
+    (void)state;
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(run_write(v1_write_fn, &v[i]), MG_OK);
+    w = write_msg(1, 500, 84, 500, true);
+    for (size_t i = 0; i < 3; i++) {
+        assert_int_equal(header_of(0, v[i].id).alg, MG_VAULT_ALG_V1);
+        assert_true(listed(0, v[i].id, true));
+        assert_int_equal(
+            read_msg(0, keys[0], v[i].id, v[i].size, v[i].seed, &good),
+            MG_DECLINED);
+        assert_int_equal(
+            read_msg(0, keys[1], v[i].id, v[i].size, v[i].seed, &good),
+            MG_ERROR);
+    }
+    assert_int_equal(
+        read_msg(0, keys[0], mg_store_writer_ids(w)[0], 500, 84, &good),
+        MG_DECLINED);
+    mg_store_writer_free(w);
+    /* a scheme 1 message still fails when moved to another id */
+    {
+        struct tamper t = {.mb = 0, .id = v[2].id, .to_mb = 0};
+
+        t.to_id = v[2].id + 700000;
+        assert_int_equal(run_write(copy_fn, &t), MG_OK);
+        assert_int_equal(read_msg(0, keys[0], t.to_id, 1000, 83, &good),
+                         MG_ERROR);
+        assert_int_equal(good, 0);
+    }
+}
+
+/* Whether `needle` occurs anywhere in the store's data file. */
+static bool
+in_data_file(const uint8_t *needle, size_t n)
+{
+    char path[160];
+    FILE *f;
+    uint8_t *buf;
+    size_t have = 0, got;
+    bool found = false;
+    enum {
+        WIN = 1 << 20
+    };
+
+    snprintf(path, sizeof(path), "%s/data.mdb", storedir);
+    f = fopen(path, "rb");
+    assert_non_null(f);
+    buf = malloc(WIN + n);
+    assert_non_null(buf);
+    while (!found && (got = fread(buf + have, 1, WIN, f)) > 0) {
+        have += got;
+        found = memmem(buf, have, needle, n) != NULL;
+        /* keep the tail: a match may straddle two reads */
+        memmove(buf, buf + have - (have < n ? have : n), have < n ? have : n);
+        have = have < n ? have : n;
+    }
+    fclose(f);
+    free(buf);
+    return found;
+}
+
+/* Swap mailbox 2's public key with the one in arg. */
+static int
+mailbox_pk_fn(MDB_txn *txn, void *arg)
+{
+    uint8_t *pk = arg, old[MG_VAULT_PK_BYTES];
+    struct mg_mailbox m;
+    const char *error = NULL;
+    int rc;
+
+    memset(&m, 0, sizeof(m));
+    assert_int_equal(mg_rec_mailbox_get(st, txn, mbox[2], &m, &error), MG_OK);
+    memcpy(old, m.pk, MG_VAULT_PK_BYTES);
+    memcpy(m.pk, pk, MG_VAULT_PK_BYTES);
+    memcpy(pk, old, MG_VAULT_PK_BYTES);
+    rc = mg_rec_mailbox_put(st, txn, &m, &error);
+    mg_mailbox_clear(&m);
+    return rc;
+}
+
+/*
+ * What the writer caches (the stream key of the mailbox's sender key)
+ * and the X25519 output it comes from never reach the data file, while
+ * E and the ciphertext do. The test owns the mailbox's private key here
+ * (mailbox 2's public key is replaced by one of the test's own pairs) to
+ * compute them with bare libsodium; the stream key opens the stored
+ * envelope chunk, so the bytes searched for are the real ones.
+ */
+static void
+test_sender_key_not_on_disk(void **state)
+{
+    static const char label[] = "mailgate vault v2 stream key";
+    uint8_t pk[MG_VAULT_PK_BYTES], sk[crypto_box_SECRETKEYBYTES];
+    uint8_t swap[MG_VAULT_PK_BYTES];
+    uint8_t shared[crypto_scalarmult_BYTES];
+    uint8_t skey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    uint8_t plain[MG_VAULT_CHUNK];
+    crypto_secretstream_xchacha20poly1305_state ss;
+    crypto_generichash_state g;
+    struct mg_store_writer *w[2];
+    struct mg_msg_header h[2];
+    const char *ids[] = {mbox[2]}, *error = NULL;
+    const void *data;
+    MDB_txn *txn;
+    size_t len;
+
+    (void)state;
+    crypto_box_keypair(pk, sk);
+    memcpy(swap, pk, sizeof(swap));
+    assert_int_equal(run_write(mailbox_pk_fn, swap), MG_OK);
+    for (int i = 0; i < 2; i++) {
+        struct sync s;
+
+        sync_init(&s);
+        w[i] = mg_store_writer_begin(st, ids, 1, &test_env, &error);
+        assert_non_null(w[i]);
+        assert_int_equal(mg_store_writer_write(w[i], "hello", 5), MG_OK);
+        mg_store_writer_commit(w[i], true, sync_done, &s);
+        assert_int_equal(sync_wait(&s), MG_OK);
+        sync_destroy(&s);
+        h[i] = header_of(2, mg_store_writer_ids(w[i])[0]);
+    }
+    /* one sender key for both */
+    assert_memory_equal(h[0].epk, h[1].epk, MG_VAULT_PK_BYTES);
+
+    assert_int_equal(crypto_scalarmult(shared, sk, h[0].epk), 0);
+    crypto_generichash_init(&g, NULL, 0, sizeof(skey));
+    crypto_generichash_update(&g, (const uint8_t *)label, sizeof(label) - 1);
+    crypto_generichash_update(&g, shared, sizeof(shared));
+    crypto_generichash_update(&g, h[0].epk, MG_VAULT_PK_BYTES);
+    crypto_generichash_update(&g, pk, MG_VAULT_PK_BYTES);
+    crypto_generichash_final(&g, skey, sizeof(skey));
+    for (int i = 0; i < 2; i++) {
+        uint8_t ad[MG_MAILBOX_ID_MAX + 9];
+        uint64_t id = mg_store_writer_ids(w[i])[0];
+        size_t adlen = strlen(mbox[2]) + 1;
+
+        memset(ad, 0, sizeof(ad));
+        memcpy(ad, mbox[2], adlen - 1);
+        for (int b = 7; b >= 0; b--)
+            ad[adlen++] = (uint8_t)(id >> (b * 8));
+        assert_int_equal(mg_store_read_begin(st, &txn, &error), MG_OK);
+        assert_int_equal(
+            mg_rec_chunk_get(st, txn, mbox[2], id, 0, &data, &len, &error),
+            MG_OK);
+        assert_int_equal(crypto_secretstream_xchacha20poly1305_init_pull(
+                             &ss, h[i].header, skey),
+                         0);
+        assert_int_equal(crypto_secretstream_xchacha20poly1305_pull(
+                             &ss, plain, NULL, NULL, data, len, ad, adlen),
+                         0);
+        mg_store_read_end(st, txn);
+        mg_store_writer_free(w[i]);
+    }
+    assert_true(in_data_file(h[0].epk, MG_VAULT_PK_BYTES));
+    assert_false(in_data_file(skey, sizeof(skey)));
+    assert_false(in_data_file(shared, sizeof(shared)));
+    assert_false(in_data_file(sk, sizeof(sk)));
+    sodium_memzero(sk, sizeof(sk));
+    assert_int_equal(run_write(mailbox_pk_fn, swap), MG_OK); /* restored */
+    assert_memory_equal(swap, pk, sizeof(pk));
+}
+
 /* ------------------------------------------------ held, discard, free */
 
 static void
@@ -1245,6 +1602,10 @@ main(void)
         cmocka_unit_test(test_tamper_truncate),
         cmocka_unit_test(test_tamper_swap),
         cmocka_unit_test(test_tamper_move),
+        cmocka_unit_test(test_scheme2_sender_key),
+        cmocka_unit_test(test_tamper_sender_key),
+        cmocka_unit_test(test_scheme1_readable),
+        cmocka_unit_test(test_sender_key_not_on_disk),
         cmocka_unit_test(test_held_publish_discard),
         cmocka_unit_test(test_free_uncommitted),
         cmocka_unit_test(test_back_pressure),

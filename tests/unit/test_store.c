@@ -345,6 +345,25 @@ set_format(const char *path, uint8_t format)
     mdb_env_close(env);
 }
 
+static uint32_t
+store_format(struct mg_store *st)
+{
+    MDB_val k = {6, "format"}, v;
+    const char *error;
+    const uint8_t *p;
+    MDB_txn *txn;
+    uint32_t format;
+
+    assert_int_equal(mg_store_read_begin(st, &txn, &error), MG_OK);
+    assert_int_equal(mdb_get(txn, mg_store_dbs(st)->meta, &k, &v), 0);
+    assert_int_equal(v.mv_size, 4);
+    p = v.mv_data;
+    format = (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+             p[3];
+    mg_store_read_end(st, txn);
+    return format;
+}
+
 static void
 test_open_format_epoch(void **state)
 {
@@ -378,7 +397,7 @@ test_open_format_epoch(void **state)
     assert_int_equal(mg_store_read_begin(f->st, &txn, &error), MG_OK);
     assert_int_equal(mdb_get(txn, mg_store_dbs(f->st)->meta, &k, &v), 0);
     assert_int_equal(v.mv_size, 4);
-    assert_memory_equal(v.mv_data, "\0\0\0\2", 4);
+    assert_memory_equal(v.mv_data, "\0\0\0\3", 4);
     mg_store_read_end(f->st, txn);
     assert_false(mg_store_low_space(f->st));
 
@@ -398,10 +417,24 @@ test_open_format_epoch(void **state)
     assert_non_null(strstr(error, "store format 1 is older"));
     cfg.read_only = false;
 
+    /* format 2 (scheme 1 messages only) is read as it is; the first
+     * writable open makes it 3, which a version that knows only scheme 1
+     * refuses (below) instead of failing message by message */
+    set_format(f->path, 2);
+    cfg.read_only = true;
+    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_OK);
+    assert_int_equal(store_format(st2), 2);
+    mg_store_close(st2);
+    cfg.read_only = false;
+    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_OK);
+    assert_int_equal(store_format(st2), 3);
+    assert_string_equal(mg_store_epoch(st2), epoch);
+    mg_store_close(st2);
+
     /* a newer format is refused with a clear message */
-    set_format(f->path, 3);
+    set_format(f->path, 4);
     assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_ERROR);
-    assert_non_null(strstr(error, "store format 3 is newer"));
+    assert_non_null(strstr(error, "store format 4 is newer"));
     assert_non_null(strstr(error, "upgrade mailgated"));
     f->st = open_store(f->dir, 0, false); /* for teardown: another store */
 }

@@ -28,6 +28,8 @@
 static uint8_t t_pk[MG_VAULT_PK_BYTES], t_pk2[MG_VAULT_PK_BYTES];
 static struct mg_vault_wrap t_wrap, t_wrap2;
 static struct mg_vault_key *t_key, *t_key2;
+/* scheme 2 sender keys with the store's defaults */
+static struct mg_vault_senders *t_senders;
 
 static int
 t_setup(void **state)
@@ -44,6 +46,9 @@ t_setup(void **state)
         mg_vault_unlock(&t_wrap2, t_pk2, "other-password", &t_key2, &error) !=
             MG_OK)
         return -1;
+    t_senders =
+        mg_vault_senders_new(MG_VAULT_SENDER_LIFETIME, MG_VAULT_SENDER_MESSAGES,
+                             MG_VAULT_SENDER_MAILBOXES);
     return 0;
 }
 
@@ -53,8 +58,11 @@ t_teardown(void **state)
     (void)state;
     mg_vault_key_free(t_key);
     mg_vault_key_free(t_key2);
+    mg_vault_senders_free(t_senders);
     return 0;
 }
+
+static double t_now(void);
 
 static bool
 t_all_zero(const uint8_t *p, size_t n)
@@ -69,7 +77,9 @@ t_all_zero(const uint8_t *p, size_t n)
 
 /* An encrypted message held in memory: chunk 0 is the envelope. */
 struct t_msg {
-    uint8_t sealed[MG_VAULT_SEALED_KEY];
+    uint8_t alg;
+    uint8_t sealed[MG_VAULT_SEALED_KEY]; /* scheme 1 */
+    uint8_t epk[MG_VAULT_PK_BYTES];      /* scheme 2 */
     uint8_t header[MG_VAULT_HEADER];
     uint8_t **c;
     size_t *len;
@@ -93,10 +103,12 @@ t_msg_add(struct t_msg *m, struct mg_vault_enc *e, const uint8_t *p, size_t len,
 }
 
 /* Envelope chunk, then the body in whole chunks, FINAL on the last (an
- * empty body gets an empty FINAL chunk). */
+ * empty body gets an empty FINAL chunk); scheme 2 with sender keys from
+ * `senders`, or scheme 1. */
 static void
-t_msg_make(struct t_msg *m, const uint8_t pk[MG_VAULT_PK_BYTES],
-           const char *mailbox, uint64_t msg_id, size_t size)
+t_msg_make_with(struct t_msg *m, uint8_t alg, struct mg_vault_senders *senders,
+                const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox,
+                uint64_t msg_id, size_t size)
 {
     static const char env[] = "envelope: from <a@example.org> to <b@x.y>";
     struct mg_vault_enc *e;
@@ -107,7 +119,11 @@ t_msg_make(struct t_msg *m, const uint8_t pk[MG_VAULT_PK_BYTES],
     m->plain = malloc(size ? size : 1);
     assert_non_null(m->plain);
     randombytes_buf(m->plain, size);
-    e = mg_vault_enc_begin(pk, mailbox, msg_id, m->sealed, m->header);
+    m->alg = alg;
+    if (alg == MG_VAULT_ALG_V1)
+        e = mg_vault_enc_begin_v1(pk, mailbox, msg_id, m->sealed, m->header);
+    else
+        e = mg_vault_enc_begin(senders, pk, mailbox, msg_id, m->epk, m->header);
     assert_non_null(e);
     t_msg_add(m, e, (const uint8_t *)env, sizeof(env), false);
     do {
@@ -117,6 +133,22 @@ t_msg_make(struct t_msg *m, const uint8_t pk[MG_VAULT_PK_BYTES],
         off += n;
     } while (off < size);
     mg_vault_enc_free(e);
+}
+
+static void
+t_msg_make(struct t_msg *m, uint8_t alg, const uint8_t pk[MG_VAULT_PK_BYTES],
+           const char *mailbox, uint64_t msg_id, size_t size)
+{
+    t_msg_make_with(m, alg, t_senders, pk, mailbox, msg_id, size);
+}
+
+static int
+t_dec_begin(const struct t_msg *m, const struct mg_vault_key *key,
+            const char *mailbox, uint64_t msg_id, struct mg_vault_dec **d,
+            const char **error)
+{
+    return mg_vault_dec_begin(key, mailbox, msg_id, m->alg, m->sealed, m->epk,
+                              m->header, d, error);
 }
 
 static void
@@ -147,8 +179,7 @@ t_msg_read(const struct t_msg *m, const struct mg_vault_key *key,
     int rc = MG_DECLINED;
 
     assert_non_null(body);
-    if (mg_vault_dec_begin(key, mailbox, msg_id, m->sealed, m->header, &d,
-                           &error) != MG_OK) {
+    if (t_dec_begin(m, key, mailbox, msg_id, &d, &error) != MG_OK) {
         assert_non_null(error);
         free(body);
         return MG_ERROR;
@@ -190,7 +221,7 @@ t_msg_read(const struct t_msg *m, const struct mg_vault_key *key,
 }
 
 static void
-test_roundtrip_sizes(void **state)
+t_roundtrip_sizes(uint8_t alg)
 {
     static const size_t sizes[] = {
         0,
@@ -201,11 +232,10 @@ test_roundtrip_sizes(void **state)
         3 * MG_VAULT_CHUNK + 5,
     };
 
-    (void)state;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         struct t_msg m;
 
-        t_msg_make(&m, t_pk, T_MAILBOX, 1000 + i, sizes[i]);
+        t_msg_make(&m, alg, t_pk, T_MAILBOX, 1000 + i, sizes[i]);
         /* envelope + ceil(size / CHUNK) body chunks, at least one */
         assert_int_equal(
             m.n, 1 + (sizes[i] == 0
@@ -218,7 +248,22 @@ test_roundtrip_sizes(void **state)
 }
 
 static void
-test_tamper(void **state)
+test_roundtrip_sizes(void **state)
+{
+    (void)state;
+    t_roundtrip_sizes(MG_VAULT_ALG_V2);
+}
+
+/* what older versions wrote stays readable */
+static void
+test_roundtrip_sizes_v1(void **state)
+{
+    (void)state;
+    t_roundtrip_sizes(MG_VAULT_ALG_V1);
+}
+
+static void
+t_tamper(uint8_t alg)
 {
     struct t_msg m, other;
     size_t order[8];
@@ -228,9 +273,8 @@ test_tamper(void **state)
     size_t outlen;
     bool final;
 
-    (void)state;
     /* envelope + 3 body chunks */
-    t_msg_make(&m, t_pk, T_MAILBOX, 42, 2 * MG_VAULT_CHUNK + 100);
+    t_msg_make(&m, alg, t_pk, T_MAILBOX, 42, 2 * MG_VAULT_CHUNK + 100);
     assert_int_equal(m.n, 4);
     assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0), MG_OK);
 
@@ -277,8 +321,10 @@ test_tamper(void **state)
     assert_int_equal(t_msg_read(&m, t_key, "testbox02", 42, NULL, 0), MG_ERROR);
     assert_int_equal(t_msg_read(&m, t_key, "testbox0", 42, NULL, 0), MG_ERROR);
 
-    /* a chunk of another message (same mailbox, same position) */
-    t_msg_make(&other, t_pk, T_MAILBOX, 43, 2 * MG_VAULT_CHUNK + 100);
+    /* a chunk of another message (same mailbox, same position); scheme 2:
+     * of another sender key too */
+    t_msg_make_with(&other, alg, NULL, t_pk, T_MAILBOX, 43,
+                    2 * MG_VAULT_CHUNK + 100);
     {
         uint8_t *c = m.c[2];
 
@@ -288,8 +334,64 @@ test_tamper(void **state)
         m.c[2] = c;
     }
 
-    /* the sealed key of another message opens, but not this stream */
+    /* the stream header of another message, or flipped */
     {
+        uint8_t header[MG_VAULT_HEADER];
+
+        memcpy(header, m.header, sizeof(header));
+        memcpy(m.header, other.header, sizeof(header));
+        assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0),
+                         MG_ERROR);
+        for (size_t i = 0; i < sizeof(header); i += 7) {
+            memcpy(m.header, header, sizeof(header));
+            m.header[i] ^= 0x04;
+            assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0),
+                             MG_ERROR);
+        }
+        memcpy(m.header, header, sizeof(header));
+    }
+
+    /* another mailbox's key does not read it */
+    assert_int_equal(t_msg_read(&m, t_key2, T_MAILBOX, 42, NULL, 0), MG_ERROR);
+    assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0), MG_OK);
+
+    /* scheme 2: the sender key E of another message, or E flipped (a
+     * wrong stream key: the first chunk fails), or a low-order point */
+    if (alg == MG_VAULT_ALG_V2) {
+        uint8_t epk[MG_VAULT_PK_BYTES];
+
+        memcpy(epk, m.epk, sizeof(epk));
+        assert_memory_not_equal(m.epk, other.epk, sizeof(epk));
+        memcpy(m.epk, other.epk, sizeof(epk));
+        assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0),
+                         MG_ERROR);
+        for (size_t i = 0; i < sizeof(epk); i += 5) {
+            memcpy(m.epk, epk, sizeof(epk));
+            m.epk[i] ^= 0x20;
+            assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0),
+                             MG_ERROR);
+        }
+        memset(m.epk, 0, sizeof(epk));
+        assert_int_equal(t_dec_begin(&m, t_key, T_MAILBOX, 42, &d, &error),
+                         MG_ERROR);
+        assert_null(d);
+        assert_string_equal(error, "invalid sender key");
+        memcpy(m.epk, epk, sizeof(epk));
+        /* read as scheme 1, or as an unknown scheme */
+        m.alg = MG_VAULT_ALG_V1;
+        assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0),
+                         MG_ERROR);
+        m.alg = 3;
+        assert_int_equal(t_dec_begin(&m, t_key, T_MAILBOX, 42, &d, &error),
+                         MG_ERROR);
+        assert_string_equal(error, "unknown encryption scheme");
+        m.alg = MG_VAULT_ALG_V2;
+        assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0), MG_OK);
+    }
+
+    /* scheme 1: the sealed key of another message opens, but not this
+     * stream */
+    if (alg == MG_VAULT_ALG_V1) {
         uint8_t sealed[MG_VAULT_SEALED_KEY];
 
         memcpy(sealed, m.sealed, sizeof(sealed));
@@ -299,23 +401,23 @@ test_tamper(void **state)
         /* a corrupt sealed key does not open at all */
         memcpy(m.sealed, sealed, sizeof(sealed));
         m.sealed[5] ^= 0x80;
-        assert_int_equal(mg_vault_dec_begin(t_key, T_MAILBOX, 42, m.sealed,
-                                            m.header, &d, &error),
+        assert_int_equal(t_dec_begin(&m, t_key, T_MAILBOX, 42, &d, &error),
                          MG_ERROR);
         assert_null(d);
         assert_string_equal(error, "cannot open the message key");
         memcpy(m.sealed, sealed, sizeof(sealed));
+        /* another mailbox's key cannot open the message key */
+        assert_int_equal(t_dec_begin(&m, t_key2, T_MAILBOX, 42, &d, &error),
+                         MG_ERROR);
+        /* read as scheme 2 */
+        m.alg = MG_VAULT_ALG_V2;
+        assert_int_equal(t_msg_read(&m, t_key, T_MAILBOX, 42, NULL, 0),
+                         MG_ERROR);
+        m.alg = MG_VAULT_ALG_V1;
     }
 
-    /* another mailbox's key cannot open the message key */
-    assert_int_equal(mg_vault_dec_begin(t_key2, T_MAILBOX, 42, m.sealed,
-                                        m.header, &d, &error),
-                     MG_ERROR);
-
     /* a chunk after FINAL is refused; so is anything after a failure */
-    assert_int_equal(mg_vault_dec_begin(t_key, T_MAILBOX, 42, m.sealed,
-                                        m.header, &d, &error),
-                     MG_OK);
+    assert_int_equal(t_dec_begin(&m, t_key, T_MAILBOX, 42, &d, &error), MG_OK);
     for (size_t k = 0; k < m.n; k++)
         assert_int_equal(
             mg_vault_dec_pull(d, m.c[k], m.len[k], out, &outlen, &final),
@@ -328,9 +430,7 @@ test_tamper(void **state)
     assert_int_equal(outlen, 0);
     mg_vault_dec_free(d);
 
-    assert_int_equal(mg_vault_dec_begin(t_key, T_MAILBOX, 42, m.sealed,
-                                        m.header, &d, &error),
-                     MG_OK);
+    assert_int_equal(t_dec_begin(&m, t_key, T_MAILBOX, 42, &d, &error), MG_OK);
     assert_int_equal(
         mg_vault_dec_pull(d, m.c[1], m.len[1], out, &outlen, &final), MG_ERROR);
     assert_true(t_all_zero(out, m.len[1] - MG_VAULT_ABYTES));
@@ -343,11 +443,25 @@ test_tamper(void **state)
     t_msg_free(&m);
 }
 
+static void
+test_tamper(void **state)
+{
+    (void)state;
+    t_tamper(MG_VAULT_ALG_V2);
+}
+
+static void
+test_tamper_v1(void **state)
+{
+    (void)state;
+    t_tamper(MG_VAULT_ALG_V1);
+}
+
 /* The stored format, pinned with bare libsodium: the message key is a
  * sealed box to the mailbox pk, the chunks a secretstream whose AD is
  * mailbox id, NUL, message id as 8 bytes big-endian. */
 static void
-test_wire_format(void **state)
+test_wire_format_v1(void **state)
 {
     static const uint8_t ad[] = {'b', 'o', 'x', 'f', 'o', 'r', 'm', 'a', 't',
                                  0,   1,   2,   3,   4,   5,   6,   7,   8};
@@ -361,8 +475,8 @@ test_wire_format(void **state)
 
     (void)state;
     crypto_box_keypair(pk, sk);
-    e = mg_vault_enc_begin(pk, "boxformat", 0x0102030405060708ull, sealed,
-                           header);
+    e = mg_vault_enc_begin_v1(pk, "boxformat", 0x0102030405060708ull, sealed,
+                              header);
     assert_non_null(e);
     mg_vault_enc_push(e, "hello", 5, false, c[0]);
     mg_vault_enc_push(e, "world", 5, true, c[1]);
@@ -387,7 +501,318 @@ test_wire_format(void **state)
 
     /* a low-order public key (a corrupt record) is refused, not used */
     memset(pk, 0, sizeof(pk));
-    assert_null(mg_vault_enc_begin(pk, "boxformat", 1, sealed, header));
+    assert_null(mg_vault_enc_begin_v1(pk, "boxformat", 1, sealed, header));
+}
+
+/* Scheme 2 pinned with bare libsodium: the stream key is BLAKE2b-256 of
+ * the label, X25519(sk, E), E and pk; the chunks a secretstream under it
+ * with scheme 1's AD. */
+static void
+test_wire_format(void **state)
+{
+    static const char label[] = "mailgate vault v2 stream key";
+    static const uint8_t ad[] = {'b', 'o', 'x', 'f', 'o', 'r', 'm', 'a', 't',
+                                 0,   1,   2,   3,   4,   5,   6,   7,   8};
+    uint8_t pk[crypto_box_PUBLICKEYBYTES], sk[crypto_box_SECRETKEYBYTES];
+    uint8_t epk[MG_VAULT_PK_BYTES], header[MG_VAULT_HEADER];
+    uint8_t shared[crypto_scalarmult_BYTES], check[MG_VAULT_PK_BYTES];
+    uint8_t skey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
+    uint8_t c[2][5 + MG_VAULT_ABYTES], out[5];
+    crypto_secretstream_xchacha20poly1305_state st;
+    crypto_generichash_state h;
+    struct mg_vault_enc *e;
+    unsigned char tag;
+
+    (void)state;
+    crypto_box_keypair(pk, sk);
+    e = mg_vault_enc_begin(t_senders, pk, "boxformat", 0x0102030405060708ull,
+                           epk, header);
+    assert_non_null(e);
+    mg_vault_enc_push(e, "hello", 5, false, c[0]);
+    mg_vault_enc_push(e, "world", 5, true, c[1]);
+    mg_vault_enc_free(e);
+
+    /* E is a fresh point, not the mailbox's own */
+    assert_memory_not_equal(epk, pk, sizeof(pk));
+    assert_int_equal(crypto_scalarmult_base(check, sk), 0);
+    assert_memory_equal(check, pk, sizeof(pk));
+    assert_int_equal(crypto_scalarmult(shared, sk, epk), 0);
+    crypto_generichash_init(&h, NULL, 0, sizeof(skey));
+    crypto_generichash_update(&h, (const uint8_t *)label, sizeof(label) - 1);
+    crypto_generichash_update(&h, shared, sizeof(shared));
+    crypto_generichash_update(&h, epk, sizeof(epk));
+    crypto_generichash_update(&h, pk, sizeof(pk));
+    crypto_generichash_final(&h, skey, sizeof(skey));
+    /* never the raw X25519 output */
+    assert_memory_not_equal(skey, shared, sizeof(skey));
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_init_pull(&st, header, skey), 0);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_pull(
+            &st, out, NULL, &tag, c[0], sizeof(c[0]), ad, sizeof(ad)),
+        0);
+    assert_memory_equal(out, "hello", 5);
+    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_pull(
+            &st, out, NULL, &tag, c[1], sizeof(c[1]), ad, sizeof(ad)),
+        0);
+    assert_memory_equal(out, "world", 5);
+    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+
+    /* a low-order public key (a corrupt record) is refused, not used */
+    memset(pk, 0, sizeof(pk));
+    assert_null(mg_vault_enc_begin(t_senders, pk, "boxformat", 1, epk, header));
+    assert_null(mg_vault_enc_begin(NULL, pk, "boxformat", 1, epk, header));
+}
+
+/* The sender key (E) one message to pk gets from `s`; the message is
+ * read back with `key` to show every rotation still decrypts. */
+static void
+t_sender_of(struct mg_vault_senders *s, const uint8_t *pk,
+            const struct mg_vault_key *key, uint8_t epk[MG_VAULT_PK_BYTES])
+{
+    static uint64_t id = 5000;
+    struct t_msg m;
+
+    t_msg_make_with(&m, MG_VAULT_ALG_V2, s, pk, T_MAILBOX, ++id, 100);
+    memcpy(epk, m.epk, MG_VAULT_PK_BYTES);
+    if (key != NULL)
+        assert_int_equal(t_msg_read(&m, key, T_MAILBOX, id, NULL, 0), MG_OK);
+    t_msg_free(&m);
+}
+
+static void
+test_sender_rotation(void **state)
+{
+    uint8_t a[MG_VAULT_PK_BYTES], b[MG_VAULT_PK_BYTES], c[MG_VAULT_PK_BYTES];
+    struct mg_vault_senders *s;
+
+    (void)state;
+    /* a cache hit: the same E for every message to one mailbox; another
+     * mailbox has its own */
+    t_sender_of(t_senders, t_pk, t_key, a);
+    t_sender_of(t_senders, t_pk, t_key, b);
+    assert_memory_equal(a, b, sizeof(a));
+    t_sender_of(t_senders, t_pk2, t_key2, c);
+    assert_memory_not_equal(a, c, sizeof(a));
+    t_sender_of(t_senders, t_pk, t_key, c);
+    assert_memory_equal(a, c, sizeof(a));
+
+    /* lifetime 0, or no cache: a new E for every message */
+    s = mg_vault_senders_new(0, MG_VAULT_SENDER_MESSAGES, 16);
+    t_sender_of(s, t_pk, t_key, a);
+    t_sender_of(s, t_pk, t_key, b);
+    assert_memory_not_equal(a, b, sizeof(a));
+    mg_vault_senders_free(s);
+    t_sender_of(NULL, t_pk, t_key, a);
+    t_sender_of(NULL, t_pk, t_key, b);
+    assert_memory_not_equal(a, b, sizeof(a));
+
+    /* at most 3 messages per sender key */
+    s = mg_vault_senders_new(60, 3, 16);
+    t_sender_of(s, t_pk, t_key, a);
+    t_sender_of(s, t_pk, t_key, b);
+    assert_memory_equal(a, b, sizeof(a));
+    t_sender_of(s, t_pk, t_key, b);
+    assert_memory_equal(a, b, sizeof(a));
+    t_sender_of(s, t_pk, t_key, b);
+    assert_memory_not_equal(a, b, sizeof(a));
+    t_sender_of(s, t_pk, t_key, c);
+    assert_memory_equal(b, c, sizeof(b));
+    mg_vault_senders_free(s);
+
+    /* a lifetime of 1 s: the same E within it, a new one after it */
+    s = mg_vault_senders_new(1, MG_VAULT_SENDER_MESSAGES, 16);
+    t_sender_of(s, t_pk, t_key, a);
+    t_sender_of(s, t_pk, t_key, b);
+    assert_memory_equal(a, b, sizeof(a));
+    usleep(1100 * 1000);
+    t_sender_of(s, t_pk, t_key, b);
+    assert_memory_not_equal(a, b, sizeof(a));
+    t_sender_of(s, t_pk, t_key, c);
+    assert_memory_equal(b, c, sizeof(b));
+    mg_vault_senders_free(s);
+}
+
+/* A cache of two mailboxes: the least recently used one goes. */
+static void
+test_sender_eviction(void **state)
+{
+    uint8_t pk[4][MG_VAULT_PK_BYTES], sk[crypto_box_SECRETKEYBYTES];
+    uint8_t e[4][MG_VAULT_PK_BYTES], x[MG_VAULT_PK_BYTES];
+    struct mg_vault_senders *s = mg_vault_senders_new(60, 1000, 2);
+
+    (void)state;
+    for (int i = 0; i < 4; i++)
+        crypto_box_keypair(pk[i], sk);
+    sodium_memzero(sk, sizeof(sk));
+    t_sender_of(s, pk[0], NULL, e[0]);
+    t_sender_of(s, pk[1], NULL, e[1]);
+    t_sender_of(s, pk[0], NULL, x); /* 0 used last */
+    assert_memory_equal(x, e[0], sizeof(x));
+    t_sender_of(s, pk[2], NULL, e[2]); /* evicts 1 */
+    t_sender_of(s, pk[0], NULL, x);
+    assert_memory_equal(x, e[0], sizeof(x));
+    t_sender_of(s, pk[2], NULL, x);
+    assert_memory_equal(x, e[2], sizeof(x));
+    t_sender_of(s, pk[1], NULL, x); /* a new key; evicts 0 */
+    assert_memory_not_equal(x, e[1], sizeof(x));
+    memcpy(e[1], x, sizeof(x));
+    t_sender_of(s, pk[2], NULL, x);
+    assert_memory_equal(x, e[2], sizeof(x));
+    t_sender_of(s, pk[0], NULL, x);
+    assert_memory_not_equal(x, e[0], sizeof(x));
+    /* many mailboxes through a small cache, each still consistent */
+    for (int r = 0; r < 50; r++) {
+        t_sender_of(s, pk[r % 4], NULL, e[3]);
+        t_sender_of(s, pk[r % 4], NULL, x);
+        assert_memory_equal(x, e[3], sizeof(x));
+    }
+    mg_vault_senders_free(s);
+}
+
+/* Writers on several threads share one cache (the bench and, in the
+ * daemon, sessions on the loop and on workers): every message decrypts,
+ * under rotation by count and eviction. */
+struct t_enc_thread {
+    struct mg_vault_senders *s;
+    int errors;
+};
+
+static void *
+t_enc_thread(void *arg)
+{
+    struct t_enc_thread *t = arg;
+
+    for (int i = 0; i < 300; i++) {
+        const uint8_t *pk = i % 3 == 2 ? t_pk2 : t_pk;
+        const struct mg_vault_key *key = i % 3 == 2 ? t_key2 : t_key;
+        uint8_t epk[MG_VAULT_PK_BYTES], header[MG_VAULT_HEADER];
+        uint8_t c[40 + MG_VAULT_ABYTES], out[40];
+        struct mg_vault_enc *e;
+        struct mg_vault_dec *d;
+        const char *error = NULL;
+        size_t outlen;
+        bool final;
+
+        e = mg_vault_enc_begin(t->s, pk, T_MAILBOX, (uint64_t)i, epk, header);
+        if (e == NULL) {
+            t->errors++;
+            continue;
+        }
+        mg_vault_enc_push(e, "0123456789012345678901234567890123456789", 40,
+                          true, c);
+        mg_vault_enc_free(e);
+        if (mg_vault_dec_begin(key, T_MAILBOX, (uint64_t)i, MG_VAULT_ALG_V2,
+                               NULL, epk, header, &d, &error) != MG_OK) {
+            t->errors++;
+            continue;
+        }
+        if (mg_vault_dec_pull(d, c, sizeof(c), out, &outlen, &final) != MG_OK ||
+            !final || memcmp(out, "0123456789", 10) != 0)
+            t->errors++;
+        mg_vault_dec_free(d);
+    }
+    return NULL;
+}
+
+static void
+test_sender_threads(void **state)
+{
+    struct t_enc_thread t[4];
+    pthread_t th[4];
+    struct mg_vault_senders *s = mg_vault_senders_new(60, 7, 1);
+
+    (void)state;
+    for (int i = 0; i < 4; i++) {
+        t[i].s = s;
+        t[i].errors = 0;
+        assert_int_equal(pthread_create(&th[i], NULL, t_enc_thread, &t[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(t[i].errors, 0);
+    }
+    mg_vault_senders_free(s);
+}
+
+/* The best of three timings of `n` dec_begin calls on one message each
+ * from msgs (seconds). */
+static double
+t_time_dec(const struct t_msg *msgs, size_t n, const struct mg_vault_key *key)
+{
+    double best = 1e9;
+
+    for (int r = 0; r < 3; r++) {
+        double t0 = t_now();
+
+        for (size_t i = 0; i < n; i++) {
+            struct mg_vault_dec *d;
+            const char *error = NULL;
+
+            assert_int_equal(
+                t_dec_begin(&msgs[i], key, T_MAILBOX, 9000 + i, &d, &error),
+                MG_OK);
+            mg_vault_dec_free(d);
+        }
+        if (t_now() - t0 < best)
+            best = t_now() - t0;
+    }
+    return best;
+}
+
+/*
+ * The reader derives a sender key's stream key once: opening 100
+ * messages of one sender key costs far less than opening 100 of 100
+ * sender keys (one X25519 each, about 30 µs). A fresh unlocked key has
+ * an empty cache; the cache holds 16 sender keys, so 17 in turn miss
+ * every time, and every one still decrypts.
+ */
+static void
+test_reader_cache(void **state)
+{
+    enum {
+        N = 100
+    };
+    static struct t_msg same[N], each[N];
+    struct mg_vault_senders *one = mg_vault_senders_new(60, 1000, 4);
+    struct mg_vault_key *key = NULL;
+    const char *error = NULL;
+    double t_same, t_each;
+
+    (void)state;
+    for (size_t i = 0; i < N; i++) {
+        t_msg_make_with(&same[i], MG_VAULT_ALG_V2, one, t_pk, T_MAILBOX,
+                        9000 + i, 10);
+        t_msg_make_with(&each[i], MG_VAULT_ALG_V2, NULL, t_pk, T_MAILBOX,
+                        9000 + i, 10);
+        assert_memory_equal(same[i].epk, same[0].epk, MG_VAULT_PK_BYTES);
+    }
+    assert_int_equal(mg_vault_unlock(&t_wrap, t_pk, T_PASSWORD, &key, &error),
+                     MG_OK);
+    t_same = t_time_dec(same, N, key);
+    t_each = t_time_dec(each, N, key);
+    print_message("100 opens: one sender key %.2f ms, 100 sender keys "
+                  "%.2f ms\n",
+                  t_same * 1e3, t_each * 1e3);
+    assert_true(t_same * 5 < t_each);
+    /* 17 sender keys in turn, twice: misses, all correct */
+    for (int r = 0; r < 2; r++)
+        for (size_t i = 0; i < 17; i++)
+            assert_int_equal(
+                t_msg_read(&each[i], key, T_MAILBOX, 9000 + i, NULL, 0), MG_OK);
+    /* a moved message still fails with a cached key */
+    assert_int_equal(t_msg_read(&same[1], key, T_MAILBOX, 9000, NULL, 0),
+                     MG_ERROR);
+    assert_int_equal(t_msg_read(&same[1], key, T_MAILBOX, 9001, NULL, 0),
+                     MG_OK);
+    mg_vault_key_free(key);
+    for (size_t i = 0; i < N; i++) {
+        t_msg_free(&same[i]);
+        t_msg_free(&each[i]);
+    }
+    mg_vault_senders_free(one);
 }
 
 /* ------------------------------------------------------------ streaming */
@@ -421,7 +846,7 @@ test_stream_150mb(void **state)
     const uint64_t total = 150000000;
     static uint8_t plain[MG_VAULT_CHUNK],
         cipher[MG_VAULT_CHUNK + MG_VAULT_ABYTES], out[MG_VAULT_CHUNK];
-    uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
+    uint8_t epk[MG_VAULT_PK_BYTES], header[MG_VAULT_HEADER];
     uint8_t seed[randombytes_SEEDBYTES] = {0};
     uint8_t h1[32], h2[32];
     crypto_generichash_state g1, g2;
@@ -437,11 +862,11 @@ test_stream_150mb(void **state)
 #ifdef T_SANITIZED
     print_message("(sanitized build: still 150 MB)\n");
 #endif
-    e = mg_vault_enc_begin(t_pk, T_MAILBOX, 7, sealed, header);
+    e = mg_vault_enc_begin(t_senders, t_pk, T_MAILBOX, 7, epk, header);
     assert_non_null(e);
-    assert_int_equal(
-        mg_vault_dec_begin(t_key, T_MAILBOX, 7, sealed, header, &d, &error),
-        MG_OK);
+    assert_int_equal(mg_vault_dec_begin(t_key, T_MAILBOX, 7, MG_VAULT_ALG_V2,
+                                        NULL, epk, header, &d, &error),
+                     MG_OK);
     crypto_generichash_init(&g1, NULL, 0, sizeof(h1));
     crypto_generichash_init(&g2, NULL, 0, sizeof(h2));
     while (off < total) {
@@ -498,7 +923,7 @@ test_unlock(void **state)
     /* a second unlock gives a key that reads what the fixture key wrote */
     assert_int_equal(mg_vault_unlock(&t_wrap, t_pk, T_PASSWORD, &key, &error),
                      MG_OK);
-    t_msg_make(&m, t_pk, T_MAILBOX, 5, 1000);
+    t_msg_make(&m, MG_VAULT_ALG_V2, t_pk, T_MAILBOX, 5, 1000);
     assert_int_equal(t_msg_read(&m, key, T_MAILBOX, 5, NULL, 0), MG_OK);
     /* the other mailbox's key does not */
     assert_int_equal(t_msg_read(&m, t_key2, T_MAILBOX, 5, NULL, 0), MG_ERROR);
@@ -589,7 +1014,7 @@ test_default_limits(void **state)
     assert_int_equal(w.opslimit, ops);
     assert_int_equal(w.memlimit, mem);
     assert_int_equal(mg_vault_unlock(&w, pk, password, &key, &error), MG_OK);
-    t_msg_make(&m, pk, "defaultbox", 1, 10);
+    t_msg_make(&m, MG_VAULT_ALG_V2, pk, "defaultbox", 1, 10);
     assert_int_equal(t_msg_read(&m, key, "defaultbox", 1, NULL, 0), MG_OK);
     t_msg_free(&m);
     mg_vault_key_free(key);
@@ -736,8 +1161,15 @@ main(void)
         cmocka_unit_test(test_default_limits),
         cmocka_unit_test(test_password_new),
         cmocka_unit_test(test_roundtrip_sizes),
+        cmocka_unit_test(test_roundtrip_sizes_v1),
         cmocka_unit_test(test_tamper),
+        cmocka_unit_test(test_tamper_v1),
         cmocka_unit_test(test_wire_format),
+        cmocka_unit_test(test_wire_format_v1),
+        cmocka_unit_test(test_sender_rotation),
+        cmocka_unit_test(test_sender_eviction),
+        cmocka_unit_test(test_sender_threads),
+        cmocka_unit_test(test_reader_cache),
         cmocka_unit_test(test_derivation_cap),
     };
 
