@@ -267,7 +267,8 @@ void mg_store_submit(struct mg_store *st, struct mg_store_op *op);
  * batch, or alone at most STORE_LAZY_DELAY_MS (100 ms) after the oldest
  * lazy op was queued, and always before mg_store_close returns. For ops
  * whose loss in a crash the next start repairs (publishing a held
- * message). `complete` runs once it is durable, as for any op. */
+ * message). `complete` runs once it is durable, as for any op. Lazy ops
+ * go first in their batch: one must not depend on an op still queued. */
 void mg_store_submit_lazy(struct mg_store *st, struct mg_store_op *op);
 /** Queue an op and wait until it completed (tools, tests; never the
  * loop). Returns op->status. `complete` is not used. */
