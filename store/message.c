@@ -825,22 +825,6 @@ mg_store_writer_commit(struct mg_store_writer *w, bool publish,
     msg_queue(w, o);
 }
 
-void
-mg_store_writer_publish(struct mg_store_writer *w, mg_store_writer_fn done,
-                        void *arg)
-{
-    struct msg_op *o;
-
-    if (msg_writer_state(w) != MSG_W_HELD) {
-        done(w, MG_ERROR, false, "message not held", arg);
-        return;
-    }
-    o = msg_op_new(w, MSG_OP_PUBLISH, msg_apply_publish, msg_complete_step);
-    o->done = done;
-    o->done_arg = arg;
-    mg_store_submit(w->st, &o->op);
-}
-
 static struct msg_op *
 msg_delete_op(struct mg_store_writer *w, struct mg_store_writer *owner)
 {
@@ -863,9 +847,10 @@ msg_delete_op(struct mg_store_writer *w, struct mg_store_writer *owner)
     return o;
 }
 
-void
-mg_store_writer_discard(struct mg_store_writer *w, mg_store_writer_fn done,
-                        void *arg)
+/* Publish or discard a HELD message; a lazy op starts no commit. */
+static void
+msg_settle(struct mg_store_writer *w, bool publish, bool lazy,
+           mg_store_writer_fn done, void *arg)
 {
     struct msg_op *o;
 
@@ -873,10 +858,37 @@ mg_store_writer_discard(struct mg_store_writer *w, mg_store_writer_fn done,
         done(w, MG_ERROR, false, "message not held", arg);
         return;
     }
-    o = msg_delete_op(w, w);
+    if (publish)
+        o = msg_op_new(w, MSG_OP_PUBLISH, msg_apply_publish, msg_complete_step);
+    else
+        o = msg_delete_op(w, w);
     o->done = done;
     o->done_arg = arg;
-    mg_store_submit(w->st, &o->op);
+    if (lazy)
+        mg_store_submit_lazy(w->st, &o->op);
+    else
+        mg_store_submit(w->st, &o->op);
+}
+
+void
+mg_store_writer_publish(struct mg_store_writer *w, mg_store_writer_fn done,
+                        void *arg)
+{
+    msg_settle(w, true, false, done, arg);
+}
+
+void
+mg_store_writer_discard(struct mg_store_writer *w, mg_store_writer_fn done,
+                        void *arg)
+{
+    msg_settle(w, false, false, done, arg);
+}
+
+void
+mg_store_writer_settle_lazy(struct mg_store_writer *w, bool publish,
+                            mg_store_writer_fn done, void *arg)
+{
+    msg_settle(w, publish, true, done, arg);
 }
 
 /*

@@ -171,6 +171,8 @@ struct mg_msg_writer {
     size_t ncopies;
     unsigned inflight; /* completions posted or awaited */
     bool freed;        /* the module let go */
+    bool busy;         /* a commit, publish or discard is under way */
+    bool lazy;         /* ... a lazy one (its failure is logged here) */
     mg_store_resume_fn resume;
     void *resume_arg;
     mg_store_done_fn done;
@@ -207,10 +209,17 @@ ma_done_loop(void *arg)
     mg_store_done_fn done = mw->done;
 
     mw->done = NULL;
+    mw->busy = false;
     /* still counted in flight: a msg_free() inside done() must not free
      * mw under this function */
     if (!mw->freed && done != NULL)
         done(mw->conn_id, &out, mw->done_arg);
+    else if (mw->lazy && out.status != MG_OK)
+        mg_log(MG_LOG_ERROR,
+               "store: a held message could not be settled (%s): it stays "
+               "held and is published, flagged unconfirmed, at the next "
+               "start",
+               out.error != NULL ? out.error : "store error");
     mw->inflight--;
     free(res);
     if (mw->freed)
@@ -313,24 +322,36 @@ ma_msg_write(struct mg_msg_writer *mw, const void *data, size_t len,
     return r;
 }
 
+enum ma_step {
+    MA_COMMIT,
+    MA_PUBLISH,
+    MA_DISCARD,
+    MA_LAZY
+};
+
 static int
-ma_msg_step(struct mg_msg_writer *mw, int what, bool publish,
+ma_msg_step(struct mg_msg_writer *mw, enum ma_step what, bool publish,
             mg_store_done_fn done, void *arg)
 {
-    if (mw->done != NULL)
+    if (mw->busy)
         return MG_ERROR; /* one step at a time */
+    mw->busy = true;
+    mw->lazy = what == MA_LAZY;
     mw->done = done;
     mw->done_arg = arg;
     mw->inflight++;
     switch (what) {
-    case 0:
+    case MA_COMMIT:
         mg_store_writer_commit(mw->w, publish, ma_done_thread, mw);
         break;
-    case 1:
+    case MA_PUBLISH:
         mg_store_writer_publish(mw->w, ma_done_thread, mw);
         break;
-    default:
+    case MA_DISCARD:
         mg_store_writer_discard(mw->w, ma_done_thread, mw);
+        break;
+    case MA_LAZY:
+        mg_store_writer_settle_lazy(mw->w, publish, ma_done_thread, mw);
         break;
     }
     return MG_OK;
@@ -340,7 +361,7 @@ static int
 ma_msg_dedup(struct mg_msg_writer *mw, const char *upstream, const char *user,
              const char *uidl)
 {
-    if (mw->done != NULL)
+    if (mw->busy)
         return MG_ERROR; /* a commit is under way */
     return mg_store_writer_dedup(mw->w, upstream, user, uidl);
 }
@@ -349,19 +370,26 @@ static int
 ma_msg_commit(struct mg_msg_writer *mw, bool publish, mg_store_done_fn done,
               void *arg)
 {
-    return ma_msg_step(mw, 0, publish, done, arg);
+    return ma_msg_step(mw, MA_COMMIT, publish, done, arg);
 }
 
 static int
 ma_msg_publish(struct mg_msg_writer *mw, mg_store_done_fn done, void *arg)
 {
-    return ma_msg_step(mw, 1, true, done, arg);
+    return ma_msg_step(mw, MA_PUBLISH, true, done, arg);
 }
 
 static int
 ma_msg_discard(struct mg_msg_writer *mw, mg_store_done_fn done, void *arg)
 {
-    return ma_msg_step(mw, 2, false, done, arg);
+    return ma_msg_step(mw, MA_DISCARD, false, done, arg);
+}
+
+static int
+ma_msg_settle_lazy(struct mg_msg_writer *mw, bool publish,
+                   mg_store_done_fn done, void *arg)
+{
+    return ma_msg_step(mw, MA_LAZY, publish, done, arg);
 }
 
 static int
@@ -761,6 +789,7 @@ static const struct mg_store_api ma_api = {
     .dedup_get = mg_dedup_api_get,
     .dedup_put = mg_dedup_api_put,
     .msg_dedup = ma_msg_dedup,
+    .msg_settle_lazy = ma_msg_settle_lazy,
 };
 
 int

@@ -6,9 +6,12 @@
  * transaction of one batch transaction (a failing op undoes only itself)
  * and commits the batch once: that commit is the fsync every op of the
  * batch waits for. No write transaction is open while the thread waits for
- * work. A commit failure that may leave the environment unusable (I/O
- * error, MDB_PANIC) makes the writer reopen it; read transactions hold an
- * rwlock shared so that the reopen waits until none is in use.
+ * work. Lazy ops start no commit of their own: they ride with the next
+ * batch, or are committed alone STORE_LAZY_DELAY_MS after the first of
+ * them was queued, and always before the store closes. A commit failure that
+ * may leave the environment unusable (I/O error, MDB_PANIC) makes the writer
+ * reopen it; read transactions hold an rwlock shared so that the reopen waits
+ * until none is in use.
  */
 #include "config.h"
 
@@ -51,6 +54,13 @@
  * pins every page freed after its snapshot while the daemon runs on. The
  * check reads the reader table and probes foreign pids: microseconds. */
 #define STORE_READER_CHECK_S 1
+/* How long a lazy op waits for a batch that commits anyway before it is
+ * committed alone. At one message at a time through the SMTP proxy the
+ * next message's held commit comes one client round of MAIL, RCPT, DATA
+ * and the data later (a few ms on a LAN): it takes the publish along, so
+ * a message costs one fsync, not two. Short enough that the publish is on
+ * disk long before anyone could look for the message. */
+#define STORE_LAZY_DELAY_MS 100
 
 struct mg_store {
     char *dir;
@@ -71,7 +81,9 @@ struct mg_store {
     pthread_mutex_t qlock;
     pthread_cond_t qcond;
     struct mg_store_op *head, *tail;
-    size_t queued_bytes; /* queued + the batch being committed */
+    struct mg_store_op *lazy_head, *lazy_tail; /* ride with the next batch */
+    struct timespec lazy_due; /* CLOCK_MONOTONIC: commit them alone then */
+    size_t queued_bytes;      /* queued + the batch being committed */
     bool stopping;
     bool writer_running;
     pthread_t writer;
@@ -726,33 +738,61 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
         store_reopen(st);
 }
 
+/* Take the ops of the next batch off the queues (qlock held): every lazy
+ * op, then queued ops up to the batch limits (at least one). */
+static struct mg_store_op *
+store_take_batch(struct mg_store *st, size_t *bytes_r)
+{
+    struct mg_store_op *batch = st->lazy_head, *last = st->lazy_tail;
+    size_t nops = 0, bytes = 0;
+
+    for (struct mg_store_op *op = batch; op != NULL; op = op->next) {
+        nops++;
+        bytes += op->bytes;
+    }
+    st->lazy_head = st->lazy_tail = NULL;
+    while (st->head != NULL &&
+           (nops == 0 || (nops < st->batch_ops &&
+                          bytes + st->head->bytes <= STORE_BATCH_BYTES))) {
+        struct mg_store_op *op = st->head;
+
+        st->head = op->next;
+        op->next = NULL;
+        if (last != NULL)
+            last->next = op;
+        else
+            batch = op;
+        last = op;
+        nops++;
+        bytes += op->bytes;
+    }
+    if (st->head == NULL)
+        st->tail = NULL;
+    *bytes_r = bytes;
+    return batch;
+}
+
 static void *
 store_writer(void *arg)
 {
     struct mg_store *st = arg;
-    struct mg_store_op *batch, *last, *op, *next;
-    size_t nops, bytes;
+    struct mg_store_op *batch, *op, *next;
+    size_t bytes;
 
     pthread_mutex_lock(&st->qlock);
     for (;;) {
-        /* no transaction is open while waiting */
-        while (st->head == NULL && !st->stopping)
-            pthread_cond_wait(&st->qcond, &st->qlock);
-        if (st->head == NULL)
-            break;
-        batch = last = st->head;
-        nops = 1;
-        bytes = batch->bytes;
-        while (last->next != NULL && nops < st->batch_ops &&
-               bytes + last->next->bytes <= STORE_BATCH_BYTES) {
-            last = last->next;
-            bytes += last->bytes;
-            nops++;
+        /* no transaction is open while waiting; lazy ops alone wait until
+         * they are due (or the store closes) */
+        while (st->head == NULL && !st->stopping) {
+            if (st->lazy_head == NULL)
+                pthread_cond_wait(&st->qcond, &st->qlock);
+            else if (pthread_cond_timedwait(&st->qcond, &st->qlock,
+                                            &st->lazy_due) == ETIMEDOUT)
+                break;
         }
-        st->head = last->next;
-        if (st->head == NULL)
-            st->tail = NULL;
-        last->next = NULL;
+        if (st->head == NULL && st->lazy_head == NULL)
+            break;
+        batch = store_take_batch(st, &bytes);
         pthread_mutex_unlock(&st->qlock);
 
         store_batch(st, batch);
@@ -771,8 +811,9 @@ store_writer(void *arg)
     return NULL;
 }
 
-void
-mg_store_submit(struct mg_store *st, struct mg_store_op *op)
+/* Queue an op at the tail of the normal or the lazy queue. */
+static void
+store_enqueue(struct mg_store *st, struct mg_store_op *op, bool lazy)
 {
     op->next = NULL;
     pthread_mutex_lock(&st->qlock);
@@ -782,14 +823,41 @@ mg_store_submit(struct mg_store *st, struct mg_store_op *op)
         op->complete(op);
         return;
     }
-    if (st->tail != NULL)
-        st->tail->next = op;
-    else
-        st->head = op;
-    st->tail = op;
+    if (!lazy) {
+        if (st->tail != NULL)
+            st->tail->next = op;
+        else
+            st->head = op;
+        st->tail = op;
+        pthread_cond_signal(&st->qcond);
+    } else if (st->lazy_tail != NULL) {
+        st->lazy_tail->next = op; /* due with the first one */
+        st->lazy_tail = op;
+    } else {
+        struct timespec now;
+
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        now.tv_nsec += STORE_LAZY_DELAY_MS * 1000000L;
+        now.tv_sec += now.tv_nsec / 1000000000L;
+        now.tv_nsec %= 1000000000L;
+        st->lazy_due = now;
+        st->lazy_head = st->lazy_tail = op;
+        pthread_cond_signal(&st->qcond); /* an idle writer sets its alarm */
+    }
     st->queued_bytes += op->bytes;
-    pthread_cond_signal(&st->qcond);
     pthread_mutex_unlock(&st->qlock);
+}
+
+void
+mg_store_submit(struct mg_store *st, struct mg_store_op *op)
+{
+    store_enqueue(st, op, false);
+}
+
+void
+mg_store_submit_lazy(struct mg_store *st, struct mg_store_op *op)
+{
+    store_enqueue(st, op, true);
 }
 
 static void
@@ -895,7 +963,14 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
     }
     pthread_rwlock_init(&st->envlock, NULL);
     pthread_mutex_init(&st->qlock, NULL);
-    pthread_cond_init(&st->qcond, NULL);
+    {
+        pthread_condattr_t ca; /* lazy_due is monotonic */
+
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&st->qcond, &ca);
+        pthread_condattr_destroy(&ca);
+    }
 
     rc = mdb_env_create(&st->env);
     if (rc != 0) {

@@ -306,6 +306,13 @@ struct mg_store_op {
 
 /** Queue an op (any thread). */
 void mg_store_submit(struct mg_store *st, struct mg_store_op *op);
+/** Queue an op that starts no commit of its own: it goes with the next
+ * batch, or alone at most STORE_LAZY_DELAY_MS (100 ms) after the oldest
+ * lazy op was queued, and always before mg_store_close returns. For ops
+ * whose loss in a crash the next start repairs (publishing a held
+ * message). `complete` runs once it is durable, as for any op. Lazy ops
+ * go first in their batch: one must not depend on an op still queued. */
+void mg_store_submit_lazy(struct mg_store *st, struct mg_store_op *op);
 /** Queue an op and wait until it completed (tools, tests; never the
  * loop). Returns op->status. `complete` is not used. */
 int mg_store_run(struct mg_store *st, struct mg_store_op *op);
@@ -483,6 +490,11 @@ void mg_store_writer_publish(struct mg_store_writer *w, mg_store_writer_fn done,
                              void *arg);
 void mg_store_writer_discard(struct mg_store_writer *w, mg_store_writer_fn done,
                              void *arg);
+/** The same as a lazy op (mg_store_submit_lazy): no commit of its own.
+ * A crash before it is durable leaves the message HELD, which the next
+ * start publishes flagged unconfirmed. */
+void mg_store_writer_settle_lazy(struct mg_store_writer *w, bool publish,
+                                 mg_store_writer_fn done, void *arg);
 /** Forget the writer; a message neither committed nor discarded is
  * removed (asynchronously). */
 void mg_store_writer_free(struct mg_store_writer *w);

@@ -223,7 +223,9 @@ if [ -n "${PERF:-}" ]; then
     kill -INT "$PERFPID"
     wait "$PERFPID" || true
 fi
-# every proxied message reached the upstream and is in the mailbox
+# every proxied message reached the upstream and is in the mailbox (the
+# proxy publishes lazily: the last copies are listed up to 100 ms later)
+sleep 0.3
 STORED=$("$PREFIX/sbin/mailgatectl" -c "$G/mailgate.conf" --json mailbox show "$ID" |
     /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
 echo "mailbox holds: $STORED messages; Postfix accepted: $(grep -c 'status=sent ' "$P/maillog" || true)"

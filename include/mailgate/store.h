@@ -167,6 +167,20 @@ struct mg_store_api {
      * committing or has one already, or an argument is empty. */
     int (*msg_dedup)(struct mg_msg_writer *w, const char *upstream,
                      const char *user, const char *uidl);
+
+    /** msg_publish (publish true) or msg_discard of a committed held
+     * message, *lazily*: it starts no disk commit of its own but rides
+     * with the next commit of the store (any message's), or is committed
+     * alone at most 100 ms after it was queued, and always before the
+     * store closes at shutdown; it is never dropped while the process
+     * lives. Only a crash (kill -9, power loss) before then can undo it,
+     * and then the message is still held, which the next start publishes
+     * flagged unconfirmed: a lazy publish is never lost, a lazy discard
+     * may end as an unconfirmed copy. `done` (may be NULL) runs once it is
+     * durable, unless msg_free came first; the caller may msg_free right
+     * after the call (the store then logs a failure itself). */
+    int (*msg_settle_lazy)(struct mg_msg_writer *w, bool publish,
+                           mg_store_done_fn done, void *arg);
 };
 
 #endif /* MG_STORE_H */

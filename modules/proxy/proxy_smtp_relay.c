@@ -13,20 +13,27 @@
  *   2. only then does the final "." go upstream;
  *   3. on the upstream's 2xx the copy is published and the client gets the
  *      upstream's reply; on 4xx/5xx the copy is discarded and the client
- *      gets that reply.
+ *      gets that reply. The publish or discard is lazy (msg_settle_lazy):
+ *      the client is answered as soon as it is queued; it is on disk with
+ *      the store's next commit (at one message at a time: the next
+ *      message's held commit, so one fsync per message), at most 100 ms
+ *      later, and always before a clean shutdown ends.
  *
  * If the copy cannot be committed, the "." is never sent: the upstream
  * connection is dropped (the upstream discards an unfinished DATA) and the
- * client gets a 4xx. If the gateway dies between 1 and 3, the store
- * publishes the held copy at its next start flagged "unconfirmed": it may
- * not have been sent. If the upstream connection breaks after the ".", the
- * outcome is unknown: the copy is published and the client gets a 4xx (a
+ * client gets a 4xx. If the gateway dies between 1 and the lazy publish
+ * or discard being on disk, the store publishes the held copy at its next
+ * start flagged "unconfirmed": it may not have been sent (or was refused).
+ * So a copy acknowledged to the client is never lost: visible, or
+ * unconfirmed after a crash. If the upstream connection breaks after the ".",
+ * the outcome is unknown: the copy is published and the client gets a 4xx (a
  * retry may duplicate the message; it is never lost from the archive).
  */
 #include "config.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -486,34 +493,10 @@ end_stored(struct psmtp_session *s)
     }
 }
 
-/* The copy is published or discarded: answer the client. */
+/* The client's answer once the copy is settled (or its settling queued). */
 static void
-end_settled(uint64_t conn_id, const struct mg_store_result *res, void *arg)
+end_answer(struct psmtp_session *s, enum psmtp_settle how)
 {
-    struct psmtp_session *s = psmtp_find(conn_id);
-    enum psmtp_settle how;
-
-    (void)arg;
-    if (s == NULL || s->wait != PW_END)
-        return;
-    psmtp_enter(s);
-    how = s->settle;
-    if (how == PSET_SENT || how == PSET_UNKNOWN) {
-        if (res->status == MG_OK)
-            end_stored(s);
-        else
-            psmtp_log(s, MG_LOG_ERROR,
-                      "the recorded copy could not be published (%s): it "
-                      "stays held and is published, flagged unconfirmed, "
-                      "at the next start",
-                      res->error != NULL ? res->error : "store error");
-    } else if (res->status != MG_OK) {
-        psmtp_log(s, MG_LOG_WARNING,
-                  "the copy of a message that was not sent could not be "
-                  "discarded (%s): it is published, flagged unconfirmed, at "
-                  "the next start",
-                  res->error != NULL ? res->error : "store error");
-    }
     store(s)->msg_free(s->w);
     s->w = NULL;
     switch (how) {
@@ -541,17 +524,69 @@ end_settled(uint64_t conn_id, const struct mg_store_result *res, void *arg)
                           s->login.upstream, s->why);
         break;
     }
+}
+
+/* The copy is published or discarded (a store without msg_settle_lazy,
+ * or one that refused it): answer the client. */
+static void
+end_settled(uint64_t conn_id, const struct mg_store_result *res, void *arg)
+{
+    struct psmtp_session *s = psmtp_find(conn_id);
+    enum psmtp_settle how;
+
+    (void)arg;
+    if (s == NULL || s->wait != PW_END)
+        return;
+    psmtp_enter(s);
+    how = s->settle;
+    if (how == PSET_SENT || how == PSET_UNKNOWN) {
+        if (res->status == MG_OK)
+            end_stored(s);
+        else
+            psmtp_log(s, MG_LOG_ERROR,
+                      "the recorded copy could not be published (%s): it "
+                      "stays held and is published, flagged unconfirmed, "
+                      "at the next start",
+                      res->error != NULL ? res->error : "store error");
+    } else if (res->status != MG_OK) {
+        psmtp_log(s, MG_LOG_WARNING,
+                  "the copy of a message that was not sent could not be "
+                  "discarded (%s): it is published, flagged unconfirmed, at "
+                  "the next start",
+                  res->error != NULL ? res->error : "store error");
+    }
+    end_answer(s, how);
     psmtp_leave(s);
 }
 
-/* Publish (sent, or maybe sent) or discard the held copy. */
+static bool
+has_settle_lazy(const struct psmtp_session *s)
+{
+    return store(s)->size >= offsetof(struct mg_store_api, msg_settle_lazy) +
+                                 sizeof(store(s)->msg_settle_lazy);
+}
+
+/* Publish (sent, or maybe sent) or discard the held copy. Lazily: the
+ * copy is durable already, and a crash before the publish or discard is
+ * on disk leaves it held, which the next start publishes flagged
+ * unconfirmed; so the client is answered at once and the publish rides
+ * with the store's next commit (the next message's, at one message at a
+ * time) instead of costing a commit of its own. */
 static void
 end_settle(struct psmtp_session *s, enum psmtp_settle how)
 {
+    bool publish = how == PSET_SENT || how == PSET_UNKNOWN;
     int r;
 
     s->settle = how;
-    if (how == PSET_SENT || how == PSET_UNKNOWN)
+    if (has_settle_lazy(s) &&
+        store(s)->msg_settle_lazy(s->w, publish, NULL, NULL) == MG_OK) {
+        if (publish)
+            end_stored(s);
+        end_answer(s, how);
+        return;
+    }
+    if (publish)
         r = store(s)->msg_publish(s->w, end_settled, NULL);
     else
         r = store(s)->msg_discard(s->w, end_settled, NULL);

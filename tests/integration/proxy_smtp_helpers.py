@@ -6,15 +6,18 @@ upstream for what a real server would never do (hostile replies, bytes
 injected after STARTTLS)."""
 
 import asyncio
+import re
 import smtplib
 import socket
 import ssl
+import subprocess
 import threading
 
 import pytest
 
-from conftest import (SOCK_TIMEOUT_S, free_port, mailbox_create, mg_dump,
-                      tls_client_ctx)
+from conftest import (SOCK_TIMEOUT_S, build_tool, daemon_env, free_port,
+                      mailbox_create, mg_dump, sanitizer_lines, tls_client_ctx,
+                      wait_for)
 from dovecot_helpers import test_ca
 from proxy_pop3_helpers import proxy_module_text
 
@@ -210,7 +213,39 @@ def message(marker, size=3000, extra=b""):
     return body
 
 
-def copies(d, mailbox):
+STAT_LINE = re.compile(r"^txnid=(\d+) writing=(\d+) held=(\d+) visible=(\d+) "
+                       r"unconfirmed=(\d+)$")
+
+
+def store_stat(d, mb):
+    """The store's last txn id and the mailbox's messages by state, read
+    with mg-dump --stat (read-only: works beside a running daemon, and
+    on a dead one's data without the recovery a start would run)."""
+    r = subprocess.run([build_tool("mg-dump"), d.data_dir, mb["id"], "--stat"],
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=30,
+                       env=daemon_env())
+    assert not sanitizer_lines(r.stderr), r.stderr
+    assert r.returncode == 0, "mg-dump --stat: exit %d\n%s" % (r.returncode,
+                                                                r.stderr)
+    m = STAT_LINE.match(r.stdout.strip())
+    assert m, r.stdout
+    keys = ("txnid", "writing", "held", "visible", "unconfirmed")
+    return dict(zip(keys, (int(x) for x in m.groups())))
+
+
+def settled(d, mb, timeout=5):
+    """Wait until no copy of the mailbox is held: the proxy answers the
+    client before the (lazy) publish or discard is on disk, which takes
+    up to 100 ms more."""
+    wait_for(lambda: store_stat(d, mb)["held"] == 0, timeout,
+             "the held copies to be published or discarded")
+
+
+def copies(d, mailbox, wait=True):
+    """The published copies (after the last ones were settled)."""
+    if wait and d.alive():
+        settled(d, mailbox)
     out = mg_dump(d, mailbox)
     for r in out:
         assert r["source"] == "proxy-smtp", r

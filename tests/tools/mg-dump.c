@@ -16,7 +16,15 @@
  *
  *   id=N alg=A sender_key=HEX    (scheme 2: the sender public key E)
  *   id=N alg=1 sender_key=-      (scheme 1: a sealed message key)
-
+ *
+ *   mg-dump DATA_DIR MAILBOX_ID --stat
+ *
+ * needs no password and prints one line of counts: the store's last
+ * committed transaction (how many durable commits were made) and the
+ * mailbox's messages by state:
+ *
+ *   txnid=N writing=N held=N visible=N unconfirmed=N
+ *
  * Exit 0: all fine; 1: any error ("wrong password" for a bad password).
  */
 #include "config.h"
@@ -33,7 +41,8 @@ static void
 dump_usage(void)
 {
     fprintf(stderr, "usage: mg-dump DATA_DIR MAILBOX_ID [--password P | "
-                    "--password-file F] [--write DIR] [--keys]\n");
+                    "--password-file F] [--write DIR] [--keys]\n"
+                    "       mg-dump DATA_DIR MAILBOX_ID --stat\n");
     exit(1);
 }
 
@@ -194,6 +203,49 @@ dump_message(struct mg_store *st, const struct mg_vault_key *key,
     return 0;
 }
 
+/* The --stat line (see the top comment). */
+static int
+dump_stat(struct mg_store *st, const char *mailbox_id)
+{
+    unsigned long long count[4] = {0}, unconfirmed = 0;
+    struct mg_msg_ref *v = NULL;
+    struct mg_msg_header h;
+    const char *error = NULL;
+    MDB_envinfo info;
+    MDB_txn *txn;
+    size_t n = 0;
+    int rc = 0;
+
+    if (mdb_env_info(mg_store_env(st), &info) != 0 ||
+        mg_store_read_begin(st, &txn, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: %s\n", error != NULL ? error : "env info");
+        return 1;
+    }
+    if (mg_rec_msg_list(st, txn, mailbox_id, false, &v, &n, &error) != MG_OK) {
+        fprintf(stderr, "mg-dump: listing: %s\n", error);
+        rc = 1;
+    }
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (mg_rec_msg_get(st, txn, mailbox_id, v[i].id, &h, &error) != MG_OK) {
+            fprintf(stderr, "mg-dump: message %llu: %s\n",
+                    (unsigned long long)v[i].id, error);
+            rc = 1;
+            break;
+        }
+        count[h.state < 4 ? h.state : 0]++;
+        if (h.flags & MG_MSG_F_UNCONFIRMED)
+            unconfirmed++;
+    }
+    mg_store_read_end(st, txn);
+    free(v);
+    if (rc == 0)
+        printf("txnid=%llu writing=%llu held=%llu visible=%llu "
+               "unconfirmed=%llu\n",
+               (unsigned long long)info.me_last_txnid, count[MG_MSG_WRITING],
+               count[MG_MSG_HELD], count[MG_MSG_VISIBLE], unconfirmed);
+    return rc;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -208,11 +260,14 @@ main(int argc, char **argv)
     size_t n = 0;
     int status = 0;
     bool keys = false;
+    bool stat = false;
 
     if (argc < 3)
         dump_usage();
     for (int i = 3; i < argc; i++) {
-        if (strcmp(argv[i], "--password") == 0 && i + 1 < argc)
+        if (strcmp(argv[i], "--stat") == 0)
+            stat = true;
+        else if (strcmp(argv[i], "--password") == 0 && i + 1 < argc)
             password = argv[++i];
         else if (strcmp(argv[i], "--password-file") == 0 && i + 1 < argc)
             pwfile = argv[++i];
@@ -223,7 +278,7 @@ main(int argc, char **argv)
         else
             dump_usage();
     }
-    if (password == NULL) {
+    if (password == NULL && !stat) {
         FILE *f = pwfile != NULL ? fopen(pwfile, "r") : stdin;
 
         if (f == NULL || dump_read_password(f, pwbuf, sizeof(pwbuf)) != 0) {
@@ -247,6 +302,11 @@ main(int argc, char **argv)
     if (mg_store_open(&cfg, &st, &error) != MG_OK) {
         fprintf(stderr, "mg-dump: %s: %s\n", storedir, error);
         return 1;
+    }
+    if (stat) {
+        status = dump_stat(st, argv[2]);
+        mg_store_close(st);
+        return status;
     }
     if (dump_unlock(st, argv[2], password, &key) != 0) {
         mg_store_close(st);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -580,6 +581,138 @@ test_group_commit(void **state)
     assert_int_equal(mg_store_queued_bytes(f->st), 0);
 }
 
+/* ---------------------------------------------------------- lazy ops */
+
+struct lazy_op {
+    struct wop w;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool done;
+    struct timespec at; /* CLOCK_MONOTONIC, when complete ran */
+};
+
+static void
+lazy_complete(struct mg_store_op *op)
+{
+    struct lazy_op *l =
+        (struct lazy_op *)((char *)op - offsetof(struct lazy_op, w));
+
+    pthread_mutex_lock(&l->lock);
+    clock_gettime(CLOCK_MONOTONIC, &l->at);
+    l->done = true;
+    pthread_cond_signal(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+}
+
+/* Queue a write of `key` (lazy or not) that reports its completion. */
+static void
+lazy_submit_as(struct mg_store *st, struct lazy_op *l, const char *key,
+               bool lazy)
+{
+    memset(l, 0, sizeof(*l));
+    pthread_mutex_init(&l->lock, NULL);
+    pthread_cond_init(&l->cond, NULL);
+    wop_init(&l->w, put_kv, (void *)key, false, 0);
+    l->w.op.complete = lazy_complete;
+    if (lazy)
+        mg_store_submit_lazy(st, &l->w.op);
+    else
+        mg_store_submit(st, &l->w.op);
+}
+
+static void
+lazy_submit(struct mg_store *st, struct lazy_op *l, const char *key)
+{
+    lazy_submit_as(st, l, key, true);
+}
+
+static bool
+lazy_done(struct lazy_op *l)
+{
+    bool done;
+
+    pthread_mutex_lock(&l->lock);
+    done = l->done;
+    pthread_mutex_unlock(&l->lock);
+    return done;
+}
+
+static void
+lazy_wait(struct lazy_op *l)
+{
+    pthread_mutex_lock(&l->lock);
+    while (!l->done)
+        pthread_cond_wait(&l->cond, &l->lock);
+    pthread_mutex_unlock(&l->lock);
+}
+
+static void
+lazy_destroy(struct lazy_op *l)
+{
+    pthread_mutex_destroy(&l->lock);
+    pthread_cond_destroy(&l->cond);
+}
+
+static long
+ms_between(const struct timespec *a, const struct timespec *b)
+{
+    return (long)(b->tv_sec - a->tv_sec) * 1000 +
+           (b->tv_nsec - a->tv_nsec) / 1000000;
+}
+
+static void
+test_lazy_ops(void **state)
+{
+    struct fixture *f = *state;
+    struct lazy_op a, b, c, next;
+    struct gate g;
+    struct timespec t0;
+
+    /* (a) a lazy op rides with the next batch: one commit for both. The
+     * writer is held inside a batch meanwhile, so that no delay passes
+     * however slow this machine is */
+    gate_close(f->st, &g);
+    lazy_submit(f->st, &a, "lazy/a");
+    lazy_submit_as(f->st, &next, "next/a", false);
+    gate_open(&g);
+    lazy_wait(&next);
+    assert_true(lazy_done(&a));
+    assert_int_equal(a.w.op.status, MG_OK);
+    assert_int_equal(next.w.op.status, MG_OK);
+    assert_int_equal(a.w.txnid, next.w.txnid);
+    assert_true(a.w.txnid > gate_op.txnid);
+    assert_true(kv_exists(f->st, "lazy/a"));
+    lazy_destroy(&a);
+    lazy_destroy(&next);
+
+    /* (b) alone, it starts no commit at once, but is committed after the
+     * delay (100 ms) all the same */
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lazy_submit(f->st, &b, "lazy/b");
+    usleep(30 * 1000);
+    assert_false(kv_exists(f->st, "lazy/b"));
+    lazy_wait(&b);
+    assert_int_equal(b.w.op.status, MG_OK);
+    assert_true(ms_between(&t0, &b.at) >= 99);
+    assert_true(ms_between(&t0, &b.at) < 5000);
+    assert_true(b.w.txnid > a.w.txnid);
+    assert_true(kv_exists(f->st, "lazy/b"));
+    lazy_destroy(&b);
+
+    /* (c) the store never closes with a lazy op left: it is committed
+     * first (and before its delay) */
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    lazy_submit(f->st, &c, "lazy/c");
+    mg_store_close(f->st);
+    f->st = NULL;
+    assert_true(lazy_done(&c));
+    assert_int_equal(c.w.op.status, MG_OK);
+    assert_true(ms_between(&t0, &c.at) < 99);
+    lazy_destroy(&c);
+    f->st = open_store(f->path, 64ULL << 20, false);
+    assert_true(kv_exists(f->st, "lazy/c"));
+}
+
 static int
 failing_fn(struct mg_store *st, MDB_txn *txn, void *ctx, const char **error_r)
 {
@@ -1109,6 +1242,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_open_format_epoch, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lazy_ops, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failure_isolated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_full_and_reserve, setup_tiny,
                                         teardown),
