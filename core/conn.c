@@ -19,7 +19,8 @@
 
 #include "mg.h"
 
-#define CONN_READ_CHUNK  16384
+#define CONN_READ_CHUNK  16384        /* the first read of a conn */
+#define CONN_READ_MAX    (128 * 1024) /* reads grow up to this in bulk */
 #define CONN_IN_MAX      (256 * 1024) /* stop reading past this */
 #define CONN_OUT_HIWAT   (256 * 1024)
 #define CONN_OUT_LOWAT   (64 * 1024)
@@ -50,6 +51,8 @@ struct mg_conn {
     uint64_t total_ms;
 
     struct mg_buf in, out;
+    size_t rsize; /* room asked for the next read; doubles while reads
+                   * fill all they are given (message data) */
     struct mg_linereader lr;
     size_t pending_consume;
 
@@ -313,8 +316,8 @@ conn_flush(struct mg_conn *c)
 static int
 conn_fill(struct mg_conn *c)
 {
-    size_t avail;
-    char *p = mg_buf_reserve(&c->in, CONN_READ_CHUNK, &avail);
+    size_t avail, want = c->rsize != 0 ? c->rsize : CONN_READ_CHUNK;
+    char *p = mg_buf_reserve(&c->in, want, &avail);
     ssize_t n;
 
     if (c->ssl != NULL && c->tls_ready) {
@@ -350,6 +353,11 @@ conn_fill(struct mg_conn *c)
         }
     }
     mg_buf_commit(&c->in, (size_t)n);
+    /* a read that filled its room: bulk data is coming, and fewer, larger
+     * reads cost fewer system calls and ACKs (a command session stays at
+     * the first size; TLS reads return one record at a time) */
+    if ((size_t)n == avail && want < CONN_READ_MAX)
+        c->rsize = want * 2;
     return MG_OK;
 }
 

@@ -9,6 +9,10 @@
 #
 # SIZES="4096" CONC="1" narrow the throughput part (default: all of them);
 # EOD_COUNT (default 500) messages per target for the latency part.
+# BASE=DIR (an install prefix of another build, e.g. main's) adds a second
+# mailgated ("base", 127.0.0.1:2601, its own data folder) that takes its
+# turn next to mailgate's in every configuration (after it in odd runs,
+# before it in even ones): a before/after comparison in one run.
 #
 # mailgate runs from the non-sanitized build (./quickstart run builds it
 # into build/ and var/install/) on 127.0.0.1:2600 with its own data folder;
@@ -27,7 +31,10 @@ PREFIX=${PREFIX:-$top/var/install}
 PEERS=${PEERS:-$top/../shared/bench}
 WORK=$(mktemp -d /var/tmp/mailgate-smtp-bench.XXXXXX)
 PORT=2600
+BASE=${BASE:-}
+BASE_PORT=2601
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
+[ -z "$BASE" ] || [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
 [ -d "$PEERS" ] || { echo "no peer harness at $PEERS" >&2; exit 1; }
 
 cp -r "$PEERS" "$WORK/peers"
@@ -43,46 +50,71 @@ postconf -e setgid_group=postdrop mail_owner=postfix compatibility_level=3.6 \
 scripts/setup.sh >/dev/null
 scripts/servers.sh start postfix >/dev/null
 
-mkdir -p "$WORK/data"
-chmod 0700 "$WORK/data"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$WORK/data/key.pem" -out "$WORK/data/cert.pem" -days 2 \
-    -subj /CN=localhost >/dev/null 2>&1
-cat >"$WORK/mailgate.conf" <<CONF
-data_dir = "$WORK/data";
+# start_gw PREFIX NAME PORT: a mailgated with its own data folder; sets
+# GW_PID and GW_ID
+start_gw() {
+    local prefix=$1 name=$2 port=$3 dir=$WORK/$2
+    mkdir -p "$dir/data"
+    chmod 0700 "$dir/data"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$dir/data/key.pem" -out "$dir/data/cert.pem" -days 2 \
+        -subj /CN=localhost >/dev/null 2>&1
+    cat >"$dir/mailgate.conf" <<CONF
+data_dir = "$dir/data";
 email_domain = "bench.localdomain";
 log_level = "warning";
 max_connections_per_ip = 1000;
 modules = ( { name = "smtp"; max_message_size = 209715200;
-              listen = ( { address = "127.0.0.1"; port = $PORT; tls = "starttls"; } ); } );
+              listen = ( { address = "127.0.0.1"; port = $port; tls = "starttls"; } ); } );
 CONF
-ID=$("$PREFIX/sbin/mailgatectl" -c "$WORK/mailgate.conf" --json mailbox create --name bench |
-    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-"$PREFIX/sbin/mailgated" -c "$WORK/mailgate.conf" --foreground 2>"$WORK/mailgated.log" &
-GW=$!
-trap 'kill $GW 2>/dev/null; scripts/servers.sh stop postfix >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+    GW_ID=$("$prefix/sbin/mailgatectl" -c "$dir/mailgate.conf" --json mailbox create --name bench |
+        /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    "$prefix/sbin/mailgated" -c "$dir/mailgate.conf" --foreground 2>"$dir/mailgated.log" &
+    GW_PID=$!
+}
+start_gw "$PREFIX" gw "$PORT"
+GW=$GW_PID ID=$GW_ID
+BGW=
+if [ -n "$BASE" ]; then
+    start_gw "$BASE" base "$BASE_PORT"
+    BGW=$GW_PID BID=$GW_ID
+fi
+trap 'kill $GW $BGW 2>/dev/null; scripts/servers.sh stop postfix >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 sleep 1
 
 RAW=$WORK/smtp.raw
-gw_cpu() { awk '{print $14 + $15}' "/proc/$GW/stat"; } # clock ticks
+gw_cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; } # clock ticks
 TICK_MS=$((1000 / $(getconf CLK_TCK)))
-# one configuration at a time, Postfix then mailgate, so that mailgated's
-# own CPU (utime + stime) can be read around its turn: the harness's
-# cpu_ms_per_msg is the whole machine's (load generator, kernel writeback)
+# turn NAME PID PORT ID SIZE CONC: one smtp.py run and the daemon's own CPU
+turn() {
+    local a b n
+    a=$(gw_cpu "$2")
+    /usr/bin/python3 scripts/smtp.py --runs 1 --targets "$1=$3" \
+        --sizes "$5" --conc "$6" --rcpt "$4@bench.localdomain" \
+        --out "$RAW" >/dev/null 2>&1
+    b=$(gw_cpu "$2")
+    n=$(tail -1 "$RAW" | sed -n 's/.* msgs=\([0-9]*\) .*/\1/p')
+    awk -v g="$1" -v s="$5" -v c="$6" -v d=$((b - a)) -v t="$TICK_MS" -v n="$n" \
+        'BEGIN { printf "gwcpu target=%s size=%s conc=%s gw_cpu_ms_per_msg=%.3f\n", g, s, c, d * t / n }' >>"$RAW"
+}
+# one configuration at a time, Postfix then mailgate (then the base build),
+# so that mailgated's own CPU (utime + stime) can be read around its turn:
+# the harness's cpu_ms_per_msg is the whole machine's (load generator,
+# kernel writeback)
 for r in $(seq "$RUNS"); do
     echo "# run $r/$RUNS" >&2
     for size in ${SIZES//,/ }; do
         for c in ${CONC//,/ }; do
             /usr/bin/python3 scripts/smtp.py --runs 1 --targets postfix \
                 --sizes "$size" --conc "$c" --out "$RAW" >/dev/null 2>&1
-            a=$(gw_cpu)
-            /usr/bin/python3 scripts/smtp.py --runs 1 --targets "gw=$PORT" \
-                --sizes "$size" --conc "$c" --rcpt "$ID@bench.localdomain" \
-                --out "$RAW" >/dev/null 2>&1
-            b=$(gw_cpu)
-            n=$(tail -1 "$RAW" | sed -n 's/.* msgs=\([0-9]*\) .*/\1/p')
-            awk -v s="$size" -v c="$c" -v d=$((b - a)) -v t="$TICK_MS" -v n="$n" \
-                'BEGIN { printf "gwcpu target=gw size=%s conc=%s gw_cpu_ms_per_msg=%.3f\n", s, c, d * t / n }' >>"$RAW"
+            # with a base build, the two take turns going first
+            if [ -n "$BASE" ] && [ $((r % 2)) -eq 0 ]; then
+                turn base "$BGW" "$BASE_PORT" "$BID" "$size" "$c"
+                turn gw "$GW" "$PORT" "$ID" "$size" "$c"
+            else
+                turn gw "$GW" "$PORT" "$ID" "$size" "$c"
+                [ -z "$BASE" ] || turn base "$BGW" "$BASE_PORT" "$BID" "$size" "$c"
+            fi
         done
     done
 done
@@ -99,7 +131,7 @@ for line in open(sys.argv[1]):
     t = line.split()
     if t and t[0] == "gwcpu":
         f = dict(x.split("=", 1) for x in t[1:] if "=" in x)
-        gwcpu.setdefault((f["size"], f["conc"]), []).append(float(f["gw_cpu_ms_per_msg"]))
+        gwcpu.setdefault((f["target"], f["size"], f["conc"]), []).append(float(f["gw_cpu_ms_per_msg"]))
         continue
     if not t or t[0] != "smtp":
         continue
@@ -110,17 +142,19 @@ def med(name, size, conc, field):
     return statistics.median(v) if v else None
 # Postfix: delivered into Maildir (e2e); mailgate: every 250 is durable
 print("gw / postfix, medians (postfix e2e = delivered to Maildir):")
-for size in sorted({k[1] for k in rows}, key=int):
-    for conc in sorted({k[2] for k in rows}, key=int):
-        g = med("gw", size, conc, "ingest_msgs/s")
-        p = med("postfix", size, conc, "e2e_msgs/s")
-        gc = med("gw", size, conc, "cpu_ms_per_msg")
-        pc = med("postfix", size, conc, "cpu_ms_per_msg")
-        own = statistics.median(gwcpu[(size, conc)]) if gwcpu.get((size, conc)) else None
-        if g and p:
-            print(f"  {size:>8} c={conc:>2}: {g:8.1f}/s vs {p:8.1f}/s = {g/p:5.2f}x"
-                  f"   cpu/msg {gc:.3f} vs {pc:.3f} ms = {gc/pc:4.2f}x"
-                  + (f"   mailgated alone {own:.3f} ms = {own/pc:4.2f}x" if own else ""))
+for name in [n for n in ("gw", "base") if any(k[0] == n for k in rows)]:
+    for size in sorted({k[1] for k in rows}, key=int):
+        for conc in sorted({k[2] for k in rows}, key=int):
+            g = med(name, size, conc, "ingest_msgs/s")
+            p = med("postfix", size, conc, "e2e_msgs/s")
+            gc = med(name, size, conc, "cpu_ms_per_msg")
+            pc = med("postfix", size, conc, "cpu_ms_per_msg")
+            mine = gwcpu.get((name, size, conc))
+            own = statistics.median(mine) if mine else None
+            if g and p:
+                print(f"  {name:>4} {size:>8} c={conc:>2}: {g:8.1f}/s vs {p:8.1f}/s = {g/p:5.2f}x"
+                      f"   cpu/msg {gc:.3f} vs {pc:.3f} ms = {gc/pc:4.2f}x"
+                      + (f"   mailgated alone {own:.3f} ms = {own/pc:4.2f}x" if own else ""))
 PY
 echo "end of data -> 250 at c=1 (4 KiB, one session each):"
 echo "$EOD" | sed 's/^/  /'
