@@ -57,8 +57,9 @@ def fake(test_ca, at=None, bad=b"", caps=CAPS, after_starttls=b""):
                     l = fu.readline(conn)
                     if not l or l == b".\r\n":
                         break
-                conn.sendall(bad if at == "dot" else b"250 2.0.0 fake: ok\r\n")
+                # noted before the reply: the client may look at once
                 fu.seen.append(b"<message>")
+                conn.sendall(bad if at == "dot" else b"250 2.0.0 fake: ok\r\n")
             elif verb == b"RSET" or verb == b"NOOP":
                 conn.sendall(b"250 2.0.0 ok\r\n")
             elif verb == b"QUIT":
