@@ -9,6 +9,11 @@ check_LTLIBRARIES += tests/tools/failsync.la
 tests_tools_failsync_la_SOURCES = tests/tools/failsync.c
 tests_tools_failsync_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
 tests_tools_failsync_la_LIBADD = -ldl
+# the power-cut test: logs data.mdb writes, syncs and ACK lines in order
+check_LTLIBRARIES += tests/tools/powerlog.la
+tests_tools_powerlog_la_SOURCES = tests/tools/powerlog.c
+tests_tools_powerlog_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
+tests_tools_powerlog_la_LIBADD = -ldl -lpthread
 check_LTLIBRARIES += tests/modules/good.la tests/modules/badabi.la \
 	tests/modules/badsig.la tests/modules/nosym.la tests/modules/misnamed.la
 tests_modules_good_la_SOURCES = tests/modules/loader_good.c
