@@ -22,6 +22,7 @@
 #define PROXY_UIDL_MAX   70          /* RFC 1939 §7 */
 #define PROXY_UIDLS_MAX  1000000u    /* messages in one upstream maildrop */
 #define PROXY_FLUSH      (16 * 1024) /* batch client output and store pieces */
+#define PROXY_AHEAD      2           /* messages read ahead at most */
 #define PROXY_TOP_WHOLE  1000000u    /* TOP n m: m this large reads it all */
 
 /** The module's state in one generation. */
@@ -202,7 +203,7 @@ struct proxy_session {
     uint32_t msgno; /* RETR/DELE argument */
     bool record;    /* this RETR is being recorded (in rec) */
     struct proxy_rec rec;
-    struct proxy_prefetch pf;
+    struct proxy_prefetch pf[PROXY_AHEAD];
     uint64_t rec_seq;
     size_t dpend; /* upstream data bytes to consume before the next read */
     const char *up_gone; /* why the upstream connection ended */

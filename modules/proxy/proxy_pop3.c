@@ -24,6 +24,7 @@
 #include "config.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,8 +85,10 @@ session_free(struct proxy_session *s)
     free(s->gone);
     proxy_policy_free(&s->policy);
     proxy_record_free(&s->rec);
-    proxy_record_free(&s->pf.rec);
-    free(s->pf.data);
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        proxy_record_free(&s->pf[i].rec);
+        free(s->pf[i].data);
+    }
     free(s->obuf);
     free(s);
 }
@@ -116,7 +119,8 @@ session_kill(struct proxy_session *s, const char *why)
     if (s->pass != NULL)
         proxy_wipe(s->pass, s->passlen);
     proxy_record_abort(s, &s->rec);
-    proxy_record_abort(s, &s->pf.rec);
+    for (size_t i = 0; i < PROXY_AHEAD; i++)
+        proxy_record_abort(s, &s->pf[i].rec);
     if (s->up != NULL) {
         ca->close(s->up);
         s->up = NULL;
@@ -410,6 +414,8 @@ up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
         proxy_upstream_send(s, "%s %u %u", verb, (unsigned)a, (unsigned)b);
 }
 
+static struct proxy_prefetch *pf_reading(struct proxy_session *s);
+
 static void
 relay_finish(struct proxy_session *s)
 {
@@ -419,18 +425,50 @@ relay_finish(struct proxy_session *s)
     s->record = false;
     s->up_busy = false;
     s->top_whole = false;
-    if (s->up != NULL && s->pf.state != PF_READING)
+    if (s->up != NULL && pf_reading(s) == NULL)
         cl(s)->set_timeouts(s->up, 0, 0); /* the client's idle time rules */
 }
 
 /* ------------------------------------------------------ record-ahead */
 
-/* Forget the message read ahead; a copy already committed stays. */
-static void
-pf_drop(struct proxy_session *s)
+/* The slot whose message the upstream is sending, or NULL. */
+static struct proxy_prefetch *
+pf_reading(struct proxy_session *s)
 {
-    struct proxy_prefetch *pf = &s->pf;
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READING)
+            return &s->pf[i];
+    }
+    return NULL;
+}
 
+/* The message n read ahead completely, or NULL. */
+static struct proxy_prefetch *
+pf_ready(struct proxy_session *s, uint32_t n)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && s->pf[i].msgno == n)
+            return &s->pf[i];
+    }
+    return NULL;
+}
+
+/* A copy read ahead still being committed (any message when n is 0). */
+static bool
+pf_committing(struct proxy_session *s, uint32_t n)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && !s->pf[i].done &&
+            (n == 0 || s->pf[i].msgno == n))
+            return true;
+    }
+    return false;
+}
+
+/* Forget a message read ahead; a copy already committed stays. */
+static void
+pf_drop(struct proxy_session *s, struct proxy_prefetch *pf)
+{
     proxy_record_abort(s, &pf->rec);
     pf->state = PF_IDLE;
     pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
@@ -450,16 +488,25 @@ pf_cap_max(const struct proxy_session *s)
     return (size_t)s->st->prefetch_max + PROXY_DATA_LINE;
 }
 
-/* Read message n ahead if the upstream is idle and n qualifies. */
+/* Read ahead from message n on, if the upstream is idle, a slot is free
+ * and n qualifies (else n + 1 … while they are merely recorded already). */
 static void
 pf_start(struct proxy_session *s, uint32_t n)
 {
-    struct proxy_prefetch *pf = &s->pf;
+    struct proxy_prefetch *pf = NULL;
 
     if (s->st->prefetch_max == 0 || s->up == NULL || s->dead || s->closing ||
-        s->up_busy || pf->state != PF_IDLE || !s->have_uidls ||
-        s->sizes == NULL || n == 0 || n > s->nuidls ||
-        s->uidls[n - 1] == NULL || s->sizes[n - 1] > s->st->prefetch_max ||
+        s->up_busy || !s->have_uidls || s->sizes == NULL ||
+        pf_reading(s) != NULL)
+        return;
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_IDLE)
+            pf = &s->pf[i];
+        else if (s->pf[i].msgno >= n)
+            return; /* already ahead of n */
+    }
+    if (pf == NULL || n == 0 || n > s->nuidls || s->uidls[n - 1] == NULL ||
+        s->sizes[n - 1] > s->st->prefetch_max ||
         (s->gone != NULL && s->gone[n - 1]) || proxy_record_have(s, n))
         return;
     if (proxy_record_begin(s, &pf->rec, n) != MG_OK)
@@ -475,9 +522,9 @@ pf_start(struct proxy_session *s, uint32_t n)
 /* Keep a piece of the message read ahead; false (and nothing kept) when
  * it would pass the limit. */
 static bool
-pf_keep(struct proxy_session *s, const char *data, size_t len, bool eol)
+pf_keep(struct proxy_session *s, struct proxy_prefetch *pf, const char *data,
+        size_t len, bool eol)
 {
-    struct proxy_prefetch *pf = &s->pf;
     size_t need = pf->len + len + 2;
 
     if (need > pf_cap_max(s))
@@ -508,7 +555,7 @@ pf_keep(struct proxy_session *s, const char *data, size_t len, bool eol)
 /* The upstream broke off (or broke the protocol) while a message was
  * being read ahead: nothing of it is kept. */
 static void
-pf_lost(struct proxy_session *s)
+pf_lost(struct proxy_session *s, struct proxy_prefetch *pf)
 {
     s->failures++;
     proxy_session_log(s, MG_LOG_WARNING,
@@ -516,23 +563,23 @@ pf_lost(struct proxy_session *s)
                       "recorded)",
                       s->login.upstream,
                       s->up_gone != NULL ? s->up_gone : "lost",
-                      (unsigned)s->pf.msgno);
-    pf_drop(s);
+                      (unsigned)pf->msgno);
+    pf_drop(s, pf);
 }
 
-/* The upstream has sent all of the message read ahead. */
+/* The upstream has sent all of a message read ahead: the next one. */
 static void
-pf_upstream_idle(struct proxy_session *s)
+pf_upstream_idle(struct proxy_session *s, uint32_t n)
 {
     if (s->up != NULL && !s->up_busy)
         cl(s)->set_timeouts(s->up, 0, 0);
+    pf_start(s, n + 1);
 }
 
 /* One step of reading ahead; false to stop for now. */
 static bool
-pf_step(struct proxy_session *s)
+pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
 {
-    struct proxy_prefetch *pf = &s->pf;
     const char *p;
     size_t len;
     bool eol, stuffed;
@@ -546,13 +593,14 @@ pf_step(struct proxy_session *s)
             return false;
         if (r != MG_OK) {
             s->up_gone = s->why;
-            pf_lost(s);
+            pf_lost(s, pf);
             session_kill(s, "upstream protocol violation");
             return false;
         }
         if (p[0] != '+') { /* the client's own RETR will hear why */
-            pf_drop(s);
-            pf_upstream_idle(s);
+            pf_drop(s, pf);
+            if (s->up != NULL)
+                cl(s)->set_timeouts(s->up, 0, 0);
             return true;
         }
         memcpy(pf->status, p, len);
@@ -565,25 +613,28 @@ pf_step(struct proxy_session *s)
         return false;
     if (r != MG_OK) {
         s->up_gone = s->why;
-        pf_lost(s);
+        pf_lost(s, pf);
         session_kill(s, "upstream protocol violation");
         return false;
     }
     if (!pf->mid_line && eol && len == 1 && p[0] == '.') {
+        uint32_t n = pf->msgno;
+
         if (pf->unusable) {
-            pf_drop(s);
+            pf_drop(s, pf);
         } else {
             pf->state = PF_READY;
             proxy_record_end(s, &pf->rec); /* proxy_relay_recorded follows */
         }
-        pf_upstream_idle(s);
+        if (!s->dead)
+            pf_upstream_idle(s, n);
         return !s->dead;
     }
     stuffed = !pf->mid_line && len > 0 && p[0] == '.';
     pf->mid_line = !eol;
     if (pf->unusable)
         return true;
-    if (!pf_keep(s, p, len, eol)) {
+    if (!pf_keep(s, pf, p, len, eol)) {
         /* larger than its listing said: drained, not kept; the client's
          * RETR is relayed and recorded as usual */
         pf->unusable = true;
@@ -594,13 +645,13 @@ pf_step(struct proxy_session *s)
            MG_AGAIN;
 }
 
-/* RETR of the message read ahead: answered from memory, its "." once its
+/* RETR of a message read ahead: answered from memory, its "." once its
  * copy is durable. */
 static void
-pf_serve(struct proxy_session *s)
+pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
 {
-    struct proxy_prefetch *pf = &s->pf;
     struct proxy_rec tmp;
+    uint32_t last = pf->msgno;
 
     s->msgno = pf->msgno;
     out_line(s, pf->status, pf->slen);
@@ -610,7 +661,7 @@ pf_serve(struct proxy_session *s)
     if (pf->done) {
         out_line(s, ".", 1);
         out_flush(s);
-        pf_drop(s);
+        pf_drop(s, pf);
     } else {
         /* its commit is in flight: the client's command waits for it */
         tmp = s->rec;
@@ -619,9 +670,13 @@ pf_serve(struct proxy_session *s)
         s->cmd = PC_RETR;
         s->record = true;
         s->in_data = true;
-        pf_drop(s);
+        pf_drop(s, pf);
     }
-    pf_start(s, s->msgno + 1);
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state != PF_IDLE && s->pf[i].msgno > last)
+            last = s->pf[i].msgno;
+    }
+    pf_start(s, last + 1);
 }
 
 /* ----------------------------------------------------- the commands */
@@ -648,18 +703,17 @@ relay_retr(struct proxy_session *s, uint32_t n, bool dele)
     up_cmd(s, dele ? PC_DELE_RETR : PC_RETR, "RETR", 1, n, 0);
 }
 
-/* DELE n or QUIT while the copy of n read ahead is being committed: wait
- * for it (DELE then finds it recorded, or records it anew). */
+/* DELE n (or QUIT, n 0) while the copy of n (any) read ahead is being
+ * committed: wait for it (DELE then finds it recorded, or records it
+ * anew; QUIT leaves every copy read ahead durable). */
 static bool
 relay_pf_wait(struct proxy_session *s, uint32_t n, char then)
 {
-    struct proxy_prefetch *pf = &s->pf;
+    struct proxy_prefetch *pf = n != 0 ? pf_ready(s, n) : NULL;
 
-    if (pf->state != PF_READY || (then == 'D' && pf->msgno != n))
-        return false;
-    if (pf->done) {
-        if (then == 'D')
-            pf_drop(s); /* deleted: nobody will RETR it */
+    if (!pf_committing(s, n)) {
+        if (pf != NULL)
+            pf_drop(s, pf); /* deleted: nobody will RETR it */
         return false;
     }
     s->cmd = PC_PFWAIT;
@@ -700,8 +754,10 @@ relay_command(struct proxy_session *s, const char *line, size_t len)
             out_reply(s, "-ERR Invalid message number");
         } else if (VERB("RETR")) {
             s->retrieved++;
-            if (s->pf.state == PF_READY && s->pf.msgno == n)
-                pf_serve(s);
+            struct proxy_prefetch *pf = pf_ready(s, n);
+
+            if (pf != NULL)
+                pf_serve(s, pf);
             else
                 relay_retr(s, n, false);
         } else if (!relay_pf_wait(s, n, 'D')) {
@@ -714,9 +770,9 @@ relay_command(struct proxy_session *s, const char *line, size_t len)
             parse_num(sp2 + 1, alen - (size_t)(sp2 - arg) - 1, true, &m)) {
             /* TOP records nothing, but a client that reads whole messages
              * with it (fetchmail: TOP n 99999999) walks through them */
-            if (m >= PROXY_TOP_WHOLE && s->pf.state == PF_READY &&
-                s->pf.msgno == n) {
-                pf_serve(s); /* the whole message: what was read ahead */
+            if (m >= PROXY_TOP_WHOLE && pf_ready(s, n) != NULL) {
+                /* the whole message: what was read ahead */
+                pf_serve(s, pf_ready(s, n));
             } else {
                 s->msgno = n;
                 up_cmd(s, PC_MULTI, "TOP", 2, n, m);
@@ -879,10 +935,12 @@ static void
 relay_pump(struct proxy_session *s)
 {
     while (!s->dead) {
-        if (s->pf.state == PF_READING) {
-            /* the upstream is sending the message read ahead: the
-             * client's next command waits for the end of it */
-            if (!pf_step(s)) {
+        struct proxy_prefetch *pf = pf_reading(s);
+
+        if (pf != NULL) {
+            /* the upstream is sending a message read ahead: the client's
+             * next command waits for the end of it */
+            if (!pf_step(s, pf)) {
                 if (!s->dead)
                     out_flush(s);
                 return;
@@ -924,12 +982,10 @@ proxy_relay_resume(struct proxy_session *s)
     relay_pump(s);
 }
 
-/* The copy read ahead is durable, or could not be stored. */
+/* A copy read ahead is durable, or could not be stored. */
 static void
-pf_recorded(struct proxy_session *s, bool ok)
+pf_recorded(struct proxy_session *s, struct proxy_prefetch *pf, bool ok)
 {
-    struct proxy_prefetch *pf = &s->pf;
-
     if (ok) {
         pf->done = true;
         s->recorded++;
@@ -940,15 +996,14 @@ pf_recorded(struct proxy_session *s, bool ok)
                           "message %u read ahead could not be recorded "
                           "(%s): the client's RETR retrieves it again",
                           (unsigned)pf->msgno, s->why);
-        pf_drop(s);
+        pf_drop(s, pf);
     }
     if (s->cmd == PC_PFWAIT) {
         s->cmd = PC_NONE;
         if (s->pf_then == 'Q') {
-            up_cmd(s, PC_QUIT, "QUIT", 0, 0, 0);
-        } else {
-            if (pf->state == PF_READY && pf->msgno == s->msgno)
-                pf_drop(s);
+            if (!relay_pf_wait(s, 0, 'Q'))
+                up_cmd(s, PC_QUIT, "QUIT", 0, 0, 0);
+        } else if (!relay_pf_wait(s, s->msgno, 'D')) {
             relay_retr(s, s->msgno, true);
         }
     }
@@ -959,8 +1014,12 @@ proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r, bool ok)
 {
     bool ahead = r->ahead;
 
-    if (r == &s->pf.rec) {
-        pf_recorded(s, ok);
+    if (r >= &s->pf[0].rec && r <= &s->pf[PROXY_AHEAD - 1].rec) {
+        pf_recorded(
+            s,
+            (struct proxy_prefetch *)((char *)r -
+                                      offsetof(struct proxy_prefetch, rec)),
+            ok);
     } else if (s->cmd == PC_RETR) {
         if (!ok) {
             s->failures++;
@@ -1013,8 +1072,8 @@ proxy_relay_upstream_event(struct proxy_session *s, enum mg_conn_event ev)
                                            : "closed the connection";
         if (s->cmd == PC_QUIT)
             return;
-        if (s->pf.state == PF_READING)
-            pf_lost(s);
+        if (pf_reading(s) != NULL)
+            pf_lost(s, pf_reading(s));
         if (s->up_busy) { /* the client's command waits for it */
             s->failures++;
             if (!s->in_data)

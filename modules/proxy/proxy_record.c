@@ -66,8 +66,10 @@ record_find(uint64_t conn_id, void *arg, struct proxy_session **s_r)
         return NULL;
     if (s->rec.seq == seq)
         return &s->rec;
-    if (s->pf.rec.seq == seq)
-        return &s->pf.rec;
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].rec.seq == seq)
+            return &s->pf[i].rec;
+    }
     return NULL;
 }
 
