@@ -931,6 +931,29 @@ relay_upstream_line(struct proxy_session *s)
     return true;
 }
 
+/* The client's next command is RETR of a message read ahead: it needs
+ * nothing from the upstream, which may still be sending the next one. */
+static bool
+client_next_local(struct proxy_session *s)
+{
+    const char *in, *lf;
+    size_t n;
+    uint32_t msgno;
+
+    if (s->c == NULL)
+        return false;
+    cl(s)->peek(s->c, &in, &n);
+    lf = memchr(in, '\n', n < 64 ? n : 64);
+    if (lf == NULL)
+        return false;
+    n = (size_t)(lf - in);
+    if (n > 0 && in[n - 1] == '\r')
+        n--;
+    return n > 5 && strncasecmp(in, "RETR ", 5) == 0 &&
+           parse_num(in + 5, n - 5, false, &msgno) &&
+           pf_ready(s, msgno) != NULL;
+}
+
 static void
 relay_pump(struct proxy_session *s)
 {
@@ -940,12 +963,14 @@ relay_pump(struct proxy_session *s)
         if (pf != NULL) {
             /* the upstream is sending a message read ahead: the client's
              * next command waits for the end of it */
-            if (!pf_step(s, pf)) {
-                if (!s->dead)
-                    out_flush(s);
-                return;
-            }
-            continue;
+            if (pf_step(s, pf))
+                continue;
+            if (!s->dead && s->cmd == PC_NONE && !s->blocked &&
+                client_next_local(s) && relay_client_line(s))
+                continue; /* answered from memory meanwhile */
+            if (!s->dead)
+                out_flush(s);
+            return;
         }
         if (s->cmd == PC_NONE) {
             out_flush(s);
