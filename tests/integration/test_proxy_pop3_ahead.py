@@ -290,3 +290,46 @@ def test_store_failure_while_recording_ahead(gateway, dovecot, certs,
     retr(p, 2)
     assert p.quit().startswith(b"+OK")
     assert len(recorded(d, mb)) == 2
+
+
+def _read_multi(f):
+    """One multi-line response from a raw file: (status, unstuffed data)."""
+    status = f.readline()
+    if not status.startswith(b"+OK"):
+        return status, None
+    out = []
+    while True:
+        line = f.readline()
+        assert line, "connection closed inside a response"
+        if line == b".\r\n":
+            return status, b"".join(out)
+        out.append(line[1:] if line.startswith(b".") else line)
+
+
+@pytest.mark.watchdog(60)
+def test_pipelined_client(gateway, dovecot, certs):
+    """A client that pipelines (the gateway offers PIPELINING) sends RETR
+    n, DELE n for every message at once: the answers come in order, the
+    messages byte-identical, while the proxy reads and records ahead."""
+    dv = dovecot()
+    msgs = sample_messages(10, size=30000, tag="p")
+    dv.add(msgs)
+    d = gateway(proxy=AHEAD)
+    mb = mailbox_create(d)
+    p = proxy_login(d, certs, login_name(dv.port, mb))
+    sock, f = p.sock, p.file
+    sock.sendall(b"".join(b"RETR %d\r\nDELE %d\r\n" % (i, i)
+                          for i in range(1, 11)) + b"QUIT\r\n")
+    got = []
+    for i in range(1, 11):
+        status, data = _read_multi(f)
+        assert status.startswith(b"+OK"), status
+        got.append(data)
+        assert f.readline().startswith(b"+OK"), "DELE %d" % i
+    assert f.readline().startswith(b"+OK")  # QUIT
+    p.close()
+    assert sorted(got) == sorted(crlf(m) for m in msgs)
+    assert bodies(d, mb) == sorted(got)
+    assert dv.messages_left() == 0
+    d.wait_log(r"ended \(QUIT\): 10 retrieved, 10 recorded, 10 already "
+               r"stored, 10 deleted, 0 failures; 9 recorded ahead")
