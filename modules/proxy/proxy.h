@@ -204,6 +204,7 @@ struct proxy_session {
     bool record;    /* this RETR is being recorded (in rec) */
     struct proxy_rec rec;
     struct proxy_prefetch pf[PROXY_AHEAD];
+    uint32_t pf_last; /* the last message read ahead (0: none yet) */
     uint64_t rec_seq;
     size_t dpend; /* upstream data bytes to consume before the next read */
     const char *up_gone; /* why the upstream connection ended */

@@ -415,6 +415,7 @@ up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
 }
 
 static struct proxy_prefetch *pf_reading(struct proxy_session *s);
+static void pf_continue(struct proxy_session *s);
 
 static void
 relay_finish(struct proxy_session *s)
@@ -427,6 +428,7 @@ relay_finish(struct proxy_session *s)
     s->top_whole = false;
     if (s->up != NULL && pf_reading(s) == NULL)
         cl(s)->set_timeouts(s->up, 0, 0); /* the client's idle time rules */
+    pf_continue(s);
 }
 
 /* ------------------------------------------------------ record-ahead */
@@ -512,6 +514,7 @@ pf_start(struct proxy_session *s, uint32_t n)
     if (proxy_record_begin(s, &pf->rec, n) != MG_OK)
         return; /* the store refuses now: the client's RETR tries again */
     pf->rec.ahead = true;
+    s->pf_last = n;
     pf->state = PF_READING;
     pf->msgno = n;
     pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
@@ -567,13 +570,38 @@ pf_lost(struct proxy_session *s, struct proxy_prefetch *pf)
     pf_drop(s, pf);
 }
 
+static bool client_next_local(struct proxy_session *s);
+
+/* The client has sent a command that needs the upstream: it goes first,
+ * reading further ahead resumes once it is answered (relay_finish). */
+static bool
+client_waits(struct proxy_session *s)
+{
+    const char *in;
+    size_t n;
+
+    if (s->c == NULL)
+        return false;
+    cl(s)->peek(s->c, &in, &n);
+    return n > 0 && !client_next_local(s);
+}
+
+/* Read further ahead after the last message read ahead, if any. */
+static void
+pf_continue(struct proxy_session *s)
+{
+    if (s->pf_last > 0 && s->cmd == PC_NONE && !client_waits(s))
+        pf_start(s, s->pf_last + 1);
+}
+
 /* The upstream has sent all of a message read ahead: the next one. */
 static void
 pf_upstream_idle(struct proxy_session *s, uint32_t n)
 {
     if (s->up != NULL && !s->up_busy)
         cl(s)->set_timeouts(s->up, 0, 0);
-    pf_start(s, n + 1);
+    if (!client_waits(s))
+        pf_start(s, n + 1);
 }
 
 /* One step of reading ahead; false to stop for now. */
@@ -920,7 +948,6 @@ relay_upstream_line(struct proxy_session *s)
         break;
     case PC_QUIT:
         out_flush(s);
-        relay_finish(s);
         session_kill(s, "QUIT");
         return false;
     default:

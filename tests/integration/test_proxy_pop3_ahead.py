@@ -95,10 +95,14 @@ def test_commands_while_reading_ahead(gateway, dovecot, certs, then):
         assert second is None or (second in expected and second != first)
     assert p.quit().startswith(b"+OK")
     # messages read ahead are recorded even when the client never asks
-    # for them (3 always, 2 with quit and dele): two are read ahead
-    assert bodies(d, mb) == expected
+    # for them: 2 always (read ahead at the end of RETR 1), 3 unless the
+    # client's command came first (then reading ahead waits for it)
+    copies = bodies(d, mb)
+    assert len(copies) in (2, 3) and all(c in expected for c in copies)
+    assert first in copies
     assert dv.messages_left() == (2 if then == "dele" else 3)
-    d.wait_log(r"ended \(QUIT\): .* 0 failures; 2 recorded ahead")
+    d.wait_log(r"ended \(QUIT\): .* 0 failures; %d recorded ahead"
+               % (len(copies) - 1))
 
 
 @pytest.mark.watchdog(60)
