@@ -18,7 +18,7 @@
 #include "proxy_target.h"
 
 #define PROXY_STATUS_MAX 512         /* an upstream status line (RFC 2449) */
-#define PROXY_DATA_LINE  (64 * 1024) /* an upstream data line */
+#define PROXY_DATA_LINE  (64 * 1024) /* a piece of an upstream data line */
 #define PROXY_UIDL_MAX   70          /* RFC 1939 §7 */
 #define PROXY_UIDLS_MAX  1000000u    /* messages in one upstream maildrop */
 #define PROXY_FLUSH      (16 * 1024) /* batch client output and store pieces */
