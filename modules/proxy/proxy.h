@@ -18,10 +18,12 @@
 #include "proxy_target.h"
 
 #define PROXY_STATUS_MAX 512         /* an upstream status line (RFC 2449) */
-#define PROXY_DATA_LINE  (64 * 1024) /* an upstream data line */
+#define PROXY_DATA_LINE  (64 * 1024) /* a piece of an upstream data line */
 #define PROXY_UIDL_MAX   70          /* RFC 1939 §7 */
 #define PROXY_UIDLS_MAX  1000000u    /* messages in one upstream maildrop */
 #define PROXY_FLUSH      (16 * 1024) /* batch client output and store pieces */
+#define PROXY_AHEAD      2           /* messages read ahead at most */
+#define PROXY_TOP_WHOLE  1000000u    /* TOP n m: m this large reads it all */
 
 /** The module's state in one generation. */
 struct proxy_state {
@@ -36,6 +38,7 @@ struct proxy_state {
     uint32_t upstream_ms; /* waiting for an upstream reply */
     uint32_t idle_ms;     /* waiting for a client command */
     uint64_t session_ms;
+    uint64_t prefetch_max; /* prefetch_max_size: 0 = no record-ahead */
     bool log_addresses;
     char hostname[256];
 };
@@ -104,6 +107,7 @@ enum proxy_phase {
     PX_PASS,
     PX_AUTH,  /* AUTH PLAIN */
     PX_UIDL,  /* the upstream's UIDL listing */
+    PX_LIST,  /* its sizes (for record-ahead) */
     PX_RELAY, /* logged in: the client's commands */
 };
 
@@ -111,11 +115,52 @@ enum proxy_phase {
 enum proxy_cmd {
     PC_NONE = 0,  /* a client command */
     PC_SINGLE,    /* a one-line reply */
+    PC_RSET,      /* RSET: nothing is deleted any more */
     PC_MULTI,     /* a status line, then data when +OK */
     PC_RETR,      /* RETR: data recorded unless already stored */
     PC_DELE_RETR, /* the RETR before a DELE: recorded, not forwarded */
     PC_DELE,      /* the DELE after it */
     PC_QUIT,
+    PC_PFWAIT, /* DELE or QUIT waits for a record-ahead commit */
+};
+
+/** One message being recorded: the client's (proxy_session.rec) or one
+ * recorded ahead (proxy_prefetch.rec). Store callbacks name it by seq. */
+struct proxy_rec {
+    uint64_t seq; /* 0: none in flight */
+    uint32_t msgno;
+    struct mg_msg_writer *w;
+    char *wbuf; /* pieces for the store */
+    size_t wlen;
+    uint64_t wsize;
+    bool failed; /* the store refused a piece: commit fails */
+    bool wait;   /* msg_write said MG_AGAIN */
+    bool commit; /* commit and index in flight */
+    bool end;    /* the end waits for a piece the store refused */
+    bool dedup;  /* the index entry goes with the message's commit */
+    bool ahead;  /* recorded ahead of the client's RETR */
+};
+
+/** Record-ahead: the next message retrieved from the upstream and
+ * recorded while the client is busy with the one before it. */
+enum proxy_pf_state {
+    PF_IDLE = 0,
+    PF_READING, /* its RETR is the upstream's reply in progress */
+    PF_READY,   /* in memory; its copy committing or durable (done) */
+};
+
+struct proxy_prefetch {
+    enum proxy_pf_state state;
+    uint32_t msgno;
+    bool in_data;  /* past the status line */
+    bool mid_line; /* inside a long line */
+    bool unusable; /* -ERR, over the limit or not recorded: dropped */
+    bool done;     /* its copy is durable */
+    char status[PROXY_STATUS_MAX + 2];
+    size_t slen;
+    char *data; /* the reply's data as the client gets it, without "." */
+    size_t len, cap;
+    struct proxy_rec rec;
 };
 
 struct proxy_session {
@@ -142,24 +187,28 @@ struct proxy_session {
     char **uidls; /* upstream UIDL per message number (index n - 1) */
     uint32_t nuidls;
     bool have_uidls;
+    uint32_t *sizes; /* LIST sizes (nuidls), when prefetching */
+    bool have_sizes;
+    bool *gone;      /* marked deleted in this session (nuidls) */
     const char *why; /* the last failure, for logs and the client */
     char whybuf[300];
 
     /* the relay */
     enum proxy_cmd cmd;
-    bool in_data;    /* reading the data lines of a multi-line reply */
-    uint32_t msgno;  /* RETR/DELE argument */
-    bool record;     /* this RETR is being recorded */
-    bool rec_failed; /* … and recording failed */
-    bool rec_wait;   /* msg_write said MG_AGAIN */
-    bool rec_commit; /* commit and index in flight */
-    bool rec_end;    /* the end waits for a piece the store refused */
-    bool rec_dedup;  /* the index entry goes with the message's commit */
-    struct mg_msg_writer *w;
-    char *wbuf; /* pieces for the store */
-    size_t wlen;
-    uint64_t wsize;
-    char *obuf; /* output for the client, batched */
+    bool in_data;   /* reading the data lines of a multi-line reply */
+    bool mid_line;  /* … inside a long line */
+    bool up_busy;   /* the client's command waits for an upstream reply */
+    bool top_whole; /* TOP n with a line count meaning the whole message */
+    char pf_then;   /* PC_PFWAIT: 'D' (DELE msgno) or 'Q' (QUIT) */
+    uint32_t msgno; /* RETR/DELE argument */
+    bool record;    /* this RETR is being recorded (in rec) */
+    struct proxy_rec rec;
+    struct proxy_prefetch pf[PROXY_AHEAD];
+    uint32_t pf_last; /* the last message read ahead (0: none yet) */
+    uint64_t rec_seq;
+    size_t dpend; /* upstream data bytes to consume before the next read */
+    const char *up_gone; /* why the upstream connection ended */
+    char *obuf;          /* output for the client, batched */
     size_t olen;
 
     /* the hook reply while logging in */
@@ -167,7 +216,7 @@ struct proxy_session {
     const char *reply_lines[1];
 
     /* per-session figures for the log */
-    unsigned retrieved, recorded, deduped, deleted, failures;
+    unsigned retrieved, recorded, deduped, deleted, failures, ahead;
 };
 
 /* ------------------------------------------------------ proxy_pop3.c */
@@ -187,22 +236,32 @@ int proxy_upstream_line(struct proxy_session *s, const char **line, size_t *len,
                         bool status);
 /** Upstream events during the login (before the relay runs). */
 void proxy_upstream_login_event(struct proxy_session *s, enum mg_conn_event ev);
+/** The next piece of a multi-line reply's data: a whole line without its
+ * end (*eol true), or at most PROXY_DATA_LINE bytes of a longer one
+ * (*eol false; the rest follows). Bare CR and NUL are refused (MG_ERROR
+ * with s->why); MG_AGAIN: nothing yet. Valid until the next read. */
+int proxy_upstream_piece(struct proxy_session *s, const char **data,
+                         size_t *len, bool *eol);
 /** Send a command upstream (CRLF added) and arm the reply timeout. */
 void proxy_upstream_send(struct proxy_session *s, const char *fmt, ...)
     MG_PRINTF(2, 3);
 
 /* ---------------------------------------------------- proxy_record.c */
 
-/** Start recording a message (the envelope and the trace field).
+/** Start recording message n into r (the envelope and the trace field).
  * MG_ERROR with s->why when the store refuses. */
-int proxy_record_begin(struct proxy_session *s);
-/** Add one unstuffed line (CRLF added). MG_AGAIN: the store is behind,
- * the line was taken: wait for proxy_relay_resume(). */
-int proxy_record_line(struct proxy_session *s, const char *line, size_t len);
+int proxy_record_begin(struct proxy_session *s, struct proxy_rec *r,
+                       uint32_t n);
+/** Add an unstuffed piece of a line, with CRLF after it when `eol`.
+ * MG_AGAIN: the store is behind, the piece was taken: wait for
+ * proxy_relay_resume(). */
+int proxy_record_piece(struct proxy_session *s, struct proxy_rec *r,
+                       const char *data, size_t len, bool eol);
 /** The message is complete: flush, commit, index; proxy_relay_recorded()
  * follows. */
-void proxy_record_end(struct proxy_session *s);
-void proxy_record_abort(struct proxy_session *s);
+void proxy_record_end(struct proxy_session *s, struct proxy_rec *r);
+void proxy_record_abort(struct proxy_session *s, struct proxy_rec *r);
+void proxy_record_free(struct proxy_rec *r);
 /** The upstream message numbered n is already in the mailbox. */
 bool proxy_record_have(struct proxy_session *s, uint32_t n);
 
@@ -215,8 +274,9 @@ void proxy_enter(struct proxy_session *s);
 void proxy_leave(struct proxy_session *s);
 /** Go on after a wait (store, drain). */
 void proxy_relay_resume(struct proxy_session *s);
-/** Recording finished: ok, or failed with s->why. */
-void proxy_relay_recorded(struct proxy_session *s, bool ok);
+/** Recording r finished: ok, or failed with s->why. */
+void proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r,
+                          bool ok);
 /** The login is done: take the session over (MG_ACCEPT) or refuse. */
 void proxy_login_done(struct proxy_session *s, enum mg_verdict v,
                       const char *ecode, const char *fmt, ...) MG_PRINTF(4, 5);

@@ -23,6 +23,11 @@ static const struct mg_setting proxy_settings[] = {
     {.name = "upstream_timeout", .type = MG_SET_INT, .min = 1, .max = 3600},
     {.name = "idle_timeout", .type = MG_SET_INT, .min = 1, .max = 86400},
     {.name = "max_session_time", .type = MG_SET_INT, .min = 0, .max = 604800},
+    /* bytes; 0 turns record-ahead off */
+    {.name = "prefetch_max_size",
+     .type = MG_SET_INT,
+     .min = 0,
+     .max = 64 * 1024 * 1024},
     {.name = NULL},
 };
 
@@ -121,6 +126,8 @@ proxy_configure(struct mg_modctx *m, const struct mg_core_api *api,
     st->idle_ms = (uint32_t)api->setting_int(sect, "idle_timeout", 600) * 1000u;
     st->session_ms =
         (uint64_t)api->setting_int(sect, "max_session_time", 0) * 1000u;
+    st->prefetch_max =
+        (uint64_t)api->setting_int(sect, "prefetch_max_size", 1024 * 1024);
     s = api->setting_string(sect, "ca_file", NULL);
     if (s != NULL && s[0] != '\0') {
         if (access(s, R_OK) != 0) {

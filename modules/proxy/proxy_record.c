@@ -7,7 +7,9 @@
  * not know (a store without msg_dedup gets the entry in a second commit).
  * Two sessions retrieving the same upstream message at the same time each
  * record a copy (neither is in the index when the other looks); the entry
- * names the later one.
+ * names the later one. A session has at most two recordings in flight:
+ * the client's RETR and the one recorded ahead (proxy_pop3.c); store
+ * callbacks find theirs by a sequence number, never by a pointer.
  *
  * The copy starts with one `Received:` field naming the upstream, the
  * gateway and the upstream's UIDL; the rest is the message byte for byte
@@ -52,12 +54,37 @@ proxy_record_have(struct proxy_session *s, uint32_t n)
                             uidl, &id, &err) == MG_OK;
 }
 
+/* The session and the recording a store callback is for, or NULL. */
+static struct proxy_rec *
+record_find(uint64_t conn_id, void *arg, struct proxy_session **s_r)
+{
+    struct proxy_session *s = proxy_session_find(conn_id);
+    uint64_t seq = (uint64_t)(uintptr_t)arg;
+
+    *s_r = s;
+    if (s == NULL || seq == 0)
+        return NULL;
+    if (s->rec.seq == seq)
+        return &s->rec;
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].rec.seq == seq)
+            return &s->pf[i].rec;
+    }
+    return NULL;
+}
+
+static void *
+record_arg(const struct proxy_rec *r)
+{
+    return (void *)(uintptr_t)r->seq;
+}
+
 static void
-record_trace(struct proxy_session *s)
+record_trace(struct proxy_session *s, struct proxy_rec *r)
 {
     const struct mg_peer *up =
         s->up != NULL ? s->st->api->conn->peer(s->up) : NULL;
-    const char *uidl = record_uidl(s, s->msgno);
+    const char *uidl = record_uidl(s, r->msgno);
     char date[64];
     time_t now = time(NULL);
     struct tm tm;
@@ -65,18 +92,18 @@ record_trace(struct proxy_session *s)
 
     gmtime_r(&now, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-    n = snprintf(s->wbuf, RECORD_PIECE,
+    n = snprintf(r->wbuf, RECORD_PIECE,
                  "Received: from %s (%s)\r\n\tby %s with POP3S (mailgate "
                  "proxy%s%s)%s%s;\r\n\t%s\r\n",
                  s->login.host, up != NULL ? up->addr : "?", s->st->hostname,
                  up != NULL && up->tls_version ? " " : "",
                  up != NULL && up->tls_version ? up->tls_version : "",
                  uidl != NULL ? " id " : "", uidl != NULL ? uidl : "", date);
-    s->wlen = n > 0 && n < RECORD_PIECE ? (size_t)n : 0;
+    r->wlen = n > 0 && n < RECORD_PIECE ? (size_t)n : 0;
 }
 
 int
-proxy_record_begin(struct proxy_session *s)
+proxy_record_begin(struct proxy_session *s, struct proxy_rec *r, uint32_t n)
 {
     const char *rcpts[1] = {s->login.user};
     struct mg_envelope_info env = {
@@ -88,67 +115,77 @@ proxy_record_begin(struct proxy_session *s)
         .tls = s->peer_tls[0] != '\0' ? s->peer_tls : NULL,
     };
     const char *ids[1] = {s->login.mailbox}, *err = NULL;
-    const char *uidl = record_uidl(s, s->msgno);
+    const char *uidl = record_uidl(s, n);
 
-    proxy_record_abort(s);
-    s->w = rs(s)->msg_begin(ids, 1, &env, s->id, &err);
-    if (s->w == NULL) {
+    proxy_record_abort(s, r);
+    r->msgno = n;
+    r->w = rs(s)->msg_begin(ids, 1, &env, s->id, &err);
+    if (r->w == NULL) {
         snprintf(s->whybuf, sizeof(s->whybuf), "%s",
                  err != NULL ? err : "the store refused the message");
         s->why = s->whybuf;
         return MG_ERROR;
     }
-    if (s->wbuf == NULL) {
-        s->wbuf = malloc(RECORD_PIECE + PROXY_DATA_LINE + 2);
-        if (s->wbuf == NULL)
+    if (r->wbuf == NULL) {
+        r->wbuf = malloc(RECORD_PIECE + PROXY_DATA_LINE + 2);
+        if (r->wbuf == NULL)
             abort();
     }
-    s->wsize = 0;
-    s->rec_failed = s->rec_wait = s->rec_commit = s->rec_end = false;
-    s->rec_dedup = false;
+    r->seq = ++s->rec_seq;
+    r->wsize = 0;
+    r->failed = r->wait = r->commit = r->end = r->dedup = r->ahead = false;
     if (uidl != NULL &&
         rs(s)->size >= offsetof(struct mg_store_api, msg_dedup) +
                            sizeof(rs(s)->msg_dedup) &&
-        rs(s)->msg_dedup(s->w, s->login.upstream, s->login.user, uidl) == MG_OK)
-        s->rec_dedup = true;
-    record_trace(s);
+        rs(s)->msg_dedup(r->w, s->login.upstream, s->login.user, uidl) == MG_OK)
+        r->dedup = true;
+    record_trace(s, r);
     return MG_OK;
 }
 
 void
-proxy_record_abort(struct proxy_session *s)
+proxy_record_abort(struct proxy_session *s, struct proxy_rec *r)
 {
-    if (s->w != NULL) {
-        rs(s)->msg_free(s->w); /* removes what was written; no callback */
-        s->w = NULL;
+    if (r->w != NULL) {
+        rs(s)->msg_free(r->w); /* removes what was written; no callback */
+        r->w = NULL;
     }
-    s->wlen = 0;
-    s->rec_wait = false;
+    r->seq = 0;
+    r->wlen = 0;
+    r->wait = r->commit = r->end = false;
 }
 
-static void record_commit(struct proxy_session *s);
+void
+proxy_record_free(struct proxy_rec *r)
+{
+    free(r->wbuf);
+    r->wbuf = NULL;
+}
+
+static void record_commit(struct proxy_session *s, struct proxy_rec *r);
 
 static void
 record_resume(uint64_t conn_id, void *arg)
 {
-    struct proxy_session *s = proxy_session_find(conn_id);
+    struct proxy_session *s;
+    struct proxy_rec *rec = record_find(conn_id, arg, &s);
     int r;
 
-    (void)arg;
-    if (s == NULL || !s->rec_wait)
+    if (rec == NULL || !rec->wait)
         return;
     proxy_enter(s);
-    s->rec_wait = false;
-    r = rs(s)->msg_write(s->w, s->wbuf, s->wlen, record_resume, NULL);
+    rec->wait = false;
+    r = rs(s)->msg_write(rec->w, rec->wbuf, rec->wlen, record_resume,
+                         record_arg(rec));
     if (r == MG_AGAIN) {
-        s->rec_wait = true;
+        rec->wait = true;
     } else {
         if (r != MG_OK)
-            s->rec_failed = true;
-        s->wsize += s->wlen;
-        s->wlen = 0;
-        if (s->rec_end)
-            record_commit(s);
+            rec->failed = true;
+        rec->wsize += rec->wlen;
+        rec->wlen = 0;
+        if (rec->end)
+            record_commit(s, rec);
         else
             proxy_relay_resume(s);
     }
@@ -157,44 +194,48 @@ record_resume(uint64_t conn_id, void *arg)
 
 /* Hand the buffered piece to the store. */
 static int
-record_flush(struct proxy_session *s)
+record_flush(struct proxy_session *s, struct proxy_rec *r)
 {
-    int r;
+    int st;
 
-    if (s->wlen == 0 || s->rec_failed)
+    if (r->wlen == 0 || r->failed)
         return MG_OK;
-    r = rs(s)->msg_write(s->w, s->wbuf, s->wlen, record_resume, NULL);
-    if (r == MG_AGAIN) {
-        s->rec_wait = true;
+    st = rs(s)->msg_write(r->w, r->wbuf, r->wlen, record_resume, record_arg(r));
+    if (st == MG_AGAIN) {
+        r->wait = true;
         return MG_AGAIN;
     }
-    if (r != MG_OK)
-        s->rec_failed = true; /* commit reports why */
-    s->wsize += s->wlen;
-    s->wlen = 0;
+    if (st != MG_OK)
+        r->failed = true; /* commit reports why */
+    r->wsize += r->wlen;
+    r->wlen = 0;
     return MG_OK;
 }
 
 int
-proxy_record_line(struct proxy_session *s, const char *line, size_t len)
+proxy_record_piece(struct proxy_session *s, struct proxy_rec *r,
+                   const char *data, size_t len, bool eol)
 {
-    if (s->rec_failed || s->w == NULL)
+    if (r->failed || r->w == NULL)
         return MG_OK;
-    memcpy(s->wbuf + s->wlen, line, len);
-    memcpy(s->wbuf + s->wlen + len, "\r\n", 2);
-    s->wlen += len + 2;
-    if (s->wlen < RECORD_PIECE)
+    memcpy(r->wbuf + r->wlen, data, len); /* len <= PROXY_DATA_LINE */
+    r->wlen += len;
+    if (eol) {
+        memcpy(r->wbuf + r->wlen, "\r\n", 2);
+        r->wlen += 2;
+    }
+    if (r->wlen < RECORD_PIECE)
         return MG_OK;
-    return record_flush(s);
+    return record_flush(s, r);
 }
 
 static void
 record_indexed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
 {
-    struct proxy_session *s = proxy_session_find(conn_id);
+    struct proxy_session *s;
+    struct proxy_rec *r = record_find(conn_id, arg, &s);
 
-    (void)arg;
-    if (s == NULL || !s->rec_commit)
+    if (r == NULL || !r->commit)
         return;
     proxy_enter(s);
     if (res->status != MG_OK)
@@ -202,23 +243,25 @@ record_indexed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
                           "message %u recorded, but not entered in the "
                           "de-duplication index (%s): it may be recorded "
                           "again",
-                          (unsigned)s->msgno,
+                          (unsigned)r->msgno,
                           res->error != NULL ? res->error : "store error");
-    proxy_relay_recorded(s, true);
+    r->commit = false;
+    r->seq = 0;
+    proxy_relay_recorded(s, r, true);
     proxy_leave(s);
 }
 
 static void
 record_committed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
 {
-    struct proxy_session *s = proxy_session_find(conn_id);
+    struct proxy_session *s;
+    struct proxy_rec *r = record_find(conn_id, arg, &s);
     const struct mg_core_api *api;
     const char *uidl;
     uint64_t id = 0;
     char own_uidl[40];
 
-    (void)arg;
-    if (s == NULL || !s->rec_commit)
+    if (r == NULL || !r->commit)
         return;
     api = s->st->api;
     proxy_enter(s);
@@ -226,16 +269,16 @@ record_committed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
         snprintf(s->whybuf, sizeof(s->whybuf), "%s",
                  res->error != NULL ? res->error : "commit failed");
         s->why = s->whybuf;
-        proxy_record_abort(s);
-        proxy_relay_recorded(s, false);
+        proxy_record_abort(s, r);
+        proxy_relay_recorded(s, r, false);
         proxy_leave(s);
         return;
     }
-    if (api->store->msg_id(s->w, 0, &id, own_uidl) == MG_OK) {
+    if (api->store->msg_id(r->w, 0, &id, own_uidl) == MG_OK) {
         struct mg_hook_message_stored data = {
             .mailbox_id = s->login.mailbox,
             .msg_id = id,
-            .size = s->wsize,
+            .size = r->wsize,
             .source = "proxy-pop3",
         };
         struct mg_hook_call call = {
@@ -246,35 +289,40 @@ record_committed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
 
         (void)api->hook_run(&call, NULL, NULL);
     }
-    api->store->msg_free(s->w);
-    s->w = NULL;
-    uidl = record_uidl(s, s->msgno);
-    if (uidl == NULL || s->rec_dedup ||
+    api->store->msg_free(r->w);
+    r->w = NULL;
+    uidl = record_uidl(s, r->msgno);
+    if (uidl == NULL || r->dedup ||
         api->store->dedup_put(s->login.mailbox, s->login.upstream,
                               s->login.user, uidl, id, s->id, record_indexed,
-                              NULL) != MG_OK)
-        proxy_relay_recorded(s, true);
+                              record_arg(r)) != MG_OK) {
+        r->commit = false;
+        r->seq = 0;
+        proxy_relay_recorded(s, r, true);
+    }
     proxy_leave(s);
 }
 
 static void
-record_commit(struct proxy_session *s)
+record_commit(struct proxy_session *s, struct proxy_rec *r)
 {
-    s->rec_end = false;
-    if (s->rec_failed ||
-        rs(s)->msg_commit(s->w, true, record_committed, NULL) != MG_OK) {
+    r->end = false;
+    r->commit = true;
+    if (r->failed || rs(s)->msg_commit(r->w, true, record_committed,
+                                       record_arg(r)) != MG_OK) {
         s->why = "the store could not take the message";
-        proxy_record_abort(s);
-        proxy_relay_recorded(s, false);
+        proxy_record_abort(s, r);
+        proxy_relay_recorded(s, r, false);
     }
 }
 
 void
-proxy_record_end(struct proxy_session *s)
+proxy_record_end(struct proxy_session *s, struct proxy_rec *r)
 {
-    if (record_flush(s) == MG_AGAIN) {
-        s->rec_end = true; /* record_resume commits */
+    r->commit = true; /* the end is in flight from here */
+    if (record_flush(s, r) == MG_AGAIN) {
+        r->end = true; /* record_resume commits */
         return;
     }
-    record_commit(s);
+    record_commit(s, r);
 }

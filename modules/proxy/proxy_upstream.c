@@ -43,12 +43,60 @@ proxy_upstream_send(struct proxy_session *s, const char *fmt, ...)
     proxy_wipe(buf, sizeof(buf)); /* it may have held the password */
 }
 
+/* Drop the data piece handed out last. */
+static void
+up_consume(struct proxy_session *s)
+{
+    if (s->dpend > 0) {
+        up_conn(s)->consume(s->up, s->dpend);
+        s->dpend = 0;
+    }
+}
+
+int
+proxy_upstream_piece(struct proxy_session *s, const char **data, size_t *len,
+                     bool *eol)
+{
+    const char *in, *lf;
+    size_t n, win, used;
+
+    up_consume(s);
+    up_conn(s)->peek(s->up, &in, &n);
+    win = n < PROXY_DATA_LINE ? n : PROXY_DATA_LINE;
+    lf = memchr(in, '\n', win);
+    if (lf != NULL) {
+        used = (size_t)(lf - in) + 1;
+        *len = used - 1;
+        if (*len > 0 && in[*len - 1] == '\r')
+            (*len)--;
+        *eol = true;
+    } else if (n >= PROXY_DATA_LINE) {
+        /* a long line: hand it on in parts; a CR at the end may be the
+         * start of its CRLF and waits for the next part */
+        used = win - (in[win - 1] == '\r');
+        *len = used;
+        *eol = false;
+    } else {
+        return MG_AGAIN;
+    }
+    if (memchr(in, '\r', *len) != NULL || memchr(in, '\0', *len) != NULL) {
+        s->why = "the upstream sent a line with a bare CR or a NUL";
+        return MG_ERROR;
+    }
+    *data = in;
+    s->dpend = used;
+    return MG_OK;
+}
+
 int
 proxy_upstream_line(struct proxy_session *s, const char **line, size_t *len,
                     bool status)
 {
     enum mg_eol eol;
-    int r = up_conn(s)->getline(s->up, line, len, &eol);
+    int r;
+
+    up_consume(s);
+    r = up_conn(s)->getline(s->up, line, len, &eol);
 
     if (r == MG_AGAIN)
         return MG_AGAIN;
@@ -200,6 +248,31 @@ up_uidl_line(struct proxy_session *s, const char *line, size_t len)
     return true;
 }
 
+/* "n size" from LIST: the sizes record-ahead checks against its limit. */
+static void
+up_list_line(struct proxy_session *s, const char *line, size_t len)
+{
+    uint64_t n = 0, size = 0;
+    size_t i = 0, j;
+
+    while (i < len && i < 10 && line[i] >= '0' && line[i] <= '9')
+        n = n * 10 + (uint64_t)(line[i++] - '0');
+    if (i == 0 || i >= len || line[i] != ' ' || n == 0 || n > s->nuidls)
+        return;
+    for (j = i + 1; j < len && j < i + 16 && line[j] >= '0' && line[j] <= '9';
+         j++)
+        size = size * 10 + (uint64_t)(line[j] - '0');
+    if (j == i + 1)
+        return;
+    if (s->sizes == NULL) {
+        s->sizes = malloc(s->nuidls * sizeof(*s->sizes));
+        if (s->sizes == NULL)
+            abort();
+        memset(s->sizes, 0xff, s->nuidls * sizeof(*s->sizes)); /* unknown */
+    }
+    s->sizes[n - 1] = size < UINT32_MAX ? (uint32_t)size : UINT32_MAX;
+}
+
 /* One line during the login; false when the login ended (either way). */
 static bool
 up_login_line(struct proxy_session *s)
@@ -220,6 +293,9 @@ up_login_line(struct proxy_session *s)
     if (data) {
         if (len == 1 && line[0] == '.') {
             s->in_data = false;
+        } else if (s->phase == PX_LIST) {
+            up_list_line(s, line, len); /* a bad line: that one is skipped */
+            return true;
         } else if (s->phase == PX_UIDL) {
             if (!up_uidl_line(s, line, len)) {
                 up_fail(s, MG_TEMPFAIL, "SYS/TEMP",
@@ -333,6 +409,23 @@ up_login_line(struct proxy_session *s)
         }
         if (!data)
             s->have_uidls = false; /* no UIDL: every RETR is recorded */
+        if (s->have_uidls && s->nuidls > 0 && s->st->prefetch_max > 0) {
+            s->phase = PX_LIST;
+            proxy_upstream_send(s, "LIST");
+            return true;
+        }
+        up_conn(s)->set_timeouts(s->up, 0, 0);
+        proxy_login_done(s, MG_ACCEPT, NULL, "Logged in at %s",
+                         s->login.upstream);
+        return false;
+    case PX_LIST:
+        if (!data && ok) {
+            s->have_sizes = true;
+            s->in_data = true;
+            return true;
+        }
+        if (!data)
+            s->have_sizes = false; /* no LIST: nothing recorded ahead */
         up_conn(s)->set_timeouts(s->up, 0, 0);
         proxy_login_done(s, MG_ACCEPT, NULL, "Logged in at %s",
                          s->login.upstream);

@@ -13,7 +13,9 @@ def test_dele_after_retr_and_without(gateway, dovecot, certs):
     dv = dovecot()
     msgs = sample_messages(3, size=5000, tag="d")
     dv.add(msgs)
-    d = gateway()
+    # without record-ahead, which would record 2 and 3 after RETR 1
+    # (test_proxy_pop3_ahead.py)
+    d = gateway(proxy={"prefetch_max_size": 0})
     mb = mailbox_create(d)
     p = proxy_login(d, certs, login_name(dv.port, mb))
     first = retr(p, 1)
@@ -36,8 +38,8 @@ def test_dele_after_retr_and_without(gateway, dovecot, certs):
     p.quit()
     assert left not in bodies and left in expected
     assert len(recorded(d, mb)) == 3
-    d.wait_log(r"ended \(QUIT\): 1 retrieved, 2 recorded, 1 already stored, "
-               r"2 deleted, 0 failures")
+    d.wait_log(r"ended \(QUIT\): 1 retrieved, 2 recorded, 1 already "
+               r"stored, 2 deleted, 0 failures; 0 recorded ahead")
 
 
 def test_dele_twice_and_rset(gateway, dovecot, certs):
@@ -59,11 +61,12 @@ def test_dele_twice_and_rset(gateway, dovecot, certs):
 
 
 @__import__("pytest").mark.watchdog(60)
-def test_fetchmail_through_the_proxy(gateway, dovecot, certs, tmp_path):
+@__import__("pytest").mark.parametrize("ahead", [False, True])
+def test_fetchmail_through_the_proxy(gateway, dovecot, certs, tmp_path, ahead):
     dv = dovecot()
     msgs = sample_messages(6, size=20000, tag="f")
     dv.add(msgs)
-    d = gateway()
+    d = gateway(proxy={"prefetch_max_size": 1048576 if ahead else 0})
     mb = mailbox_create(d)
     who = {"id": login_name(dv.port, mb), "password": DOVECOT_PASS}
     fm = Fetchmail(str(tmp_path), who, certs["cert"])
@@ -78,3 +81,7 @@ def test_fetchmail_through_the_proxy(gateway, dovecot, certs, tmp_path):
     r = fm.run(d.pop3s_port, "implicit")
     assert r.returncode in (0, 1), r.stdout  # 1: no mail
     assert len(recorded(d, mb)) == 6
+    # fetchmail's TOP n 99999999 (the whole message), DELE n, TOP n + 1 …:
+    # all but the first recorded ahead
+    d.wait_log(r"ended \(QUIT\): 0 retrieved, 6 recorded, .* 0 failures; "
+               r"%d recorded ahead" % (5 if ahead else 0))
