@@ -311,13 +311,19 @@ static int
 ma_msg_write(struct mg_msg_writer *mw, const void *data, size_t len,
              mg_store_resume_fn resume, void *arg)
 {
-    int r = mg_store_writer_write(mw->w, data, len);
+    int r;
 
+    /* The callback must be in place before the write can ask for it: the
+     * writer thread may drain the queue between an MG_AGAIN and anything
+     * done after it, and a drain that finds no callback is lost (the
+     * session then waits for ever). Its post runs on this loop thread, so
+     * after the bookkeeping below. */
+    mg_store_writer_on_drained(mw->w, ma_drained_thread, mw);
+    r = mg_store_writer_write(mw->w, data, len);
     if (r == MG_AGAIN && mw->resume == NULL) {
         mw->resume = resume;
         mw->resume_arg = arg;
         mw->inflight++;
-        mg_store_writer_on_drained(mw->w, ma_drained_thread, mw);
     }
     return r;
 }

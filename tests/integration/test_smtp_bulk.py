@@ -34,6 +34,10 @@ def bulk_message(nbytes, seed):
         stored.append(text + b"\r\n")  # bare LF stored as CRLF
         size += n + 2
         k += 1
+    # the last line ends in CRLF: after a bare LF, ".<CR><LF>" would not
+    # end the data (smuggling defence) and the server would rightly wait
+    if not sent[-1].endswith(b"\r\n"):
+        sent[-1] = sent[-1][:-1] + b"\r\n"
     return b"".join(sent), b"".join(stored)
 
 
