@@ -95,7 +95,6 @@ struct proxy_caps {
     bool expire, login_delay, auth_resp_code;
 };
 
-
 /** Where a session is. */
 enum proxy_phase {
     PX_CONNECT,  /* DNS, TCP, implicit TLS */

@@ -97,6 +97,8 @@ proxy_leave(struct proxy_session *s)
         session_free(s);
 }
 
+/* End the session: the upstream without QUIT (nothing is deleted there),
+ * the client after what is queued. */
 void
 proxy_session_kill(struct proxy_session *s, const char *why)
 {
@@ -131,6 +133,7 @@ proxy_session_kill(struct proxy_session *s, const char *why)
 
 /* ---------------------------------------------------------- output */
 
+/* Write what is queued for the client; s->blocked when it is behind. */
 void
 proxy_out_flush(struct proxy_session *s)
 {
@@ -141,6 +144,7 @@ proxy_out_flush(struct proxy_session *s)
     s->olen = 0;
 }
 
+/* Queue output for the client, written once PROXY_FLUSH bytes wait. */
 void
 proxy_out_add(struct proxy_session *s, const char *data, size_t len)
 {
@@ -155,6 +159,7 @@ proxy_out_add(struct proxy_session *s, const char *data, size_t len)
         proxy_out_flush(s);
 }
 
+/* Queue a line for the client (CRLF added). */
 void
 proxy_out_line(struct proxy_session *s, const char *line, size_t len)
 {
@@ -162,6 +167,7 @@ proxy_out_line(struct proxy_session *s, const char *line, size_t len)
     proxy_out_add(s, "\r\n", 2);
 }
 
+/* A status line for the client, written at once. */
 void
 proxy_out_reply(struct proxy_session *s, const char *fmt, ...)
 {

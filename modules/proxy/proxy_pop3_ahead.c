@@ -163,9 +163,9 @@ proxy_pf_lost(struct proxy_session *s, struct proxy_prefetch *pf)
     proxy_pf_drop(s, pf);
 }
 
-
 /* The client has sent a command that needs the upstream: it goes first,
- * reading further ahead resumes once it is answered (relay_finish). */
+ * reading further ahead resumes once it is answered (relay_finish() in
+ * proxy_pop3_relay.c). */
 static bool
 client_waits(struct proxy_session *s)
 {

@@ -26,7 +26,7 @@
 
 #include "proxy_pop3.h"
 
-/* ------------------------------------------------------- the parts */
+/* ------------------------------------------------- sending upstream */
 
 static const char *const proxy_caps_fixed[] = {"RESP-CODES", "PIPELINING"};
 
@@ -88,6 +88,8 @@ up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
         proxy_upstream_send(s, "%s %u %u", verb, (unsigned)a, (unsigned)b);
 }
 
+/* The client's command is answered: the next one may come, and reading
+ * ahead may go on meanwhile. */
 static void
 relay_finish(struct proxy_session *s)
 {
@@ -97,9 +99,9 @@ relay_finish(struct proxy_session *s)
     s->record = false;
     s->up_busy = false;
     s->top_whole = false;
+    /* the client's idle time rules */
     if (s->up != NULL && proxy_pf_reading(s) == NULL)
-        proxy_conn(s)->set_timeouts(s->up, 0,
-                                    0); /* the client's idle time rules */
+        proxy_conn(s)->set_timeouts(s->up, 0, 0);
     proxy_pf_continue(s);
 }
 
@@ -355,8 +357,9 @@ relay_upstream_line(struct proxy_session *s)
     return true;
 }
 
-/* The client's next command is RETR of a message read ahead: it needs
- * nothing from the upstream, which may still be sending the next one. */
+/* The client's next command (already received) is RETR of a message read
+ * ahead: it needs nothing from the upstream, which may still be sending
+ * the next one. */
 bool
 proxy_relay_next_local(struct proxy_session *s)
 {
