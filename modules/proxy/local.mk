@@ -9,7 +9,10 @@ modules_proxy_proxy_la_SOURCES = \
 	modules/proxy/proxy_policy.c \
 	modules/proxy/proxy_upstream.c \
 	modules/proxy/proxy_record.c \
+	modules/proxy/proxy_pop3.h \
 	modules/proxy/proxy_pop3.c \
+	modules/proxy/proxy_pop3_relay.c \
+	modules/proxy/proxy_pop3_ahead.c \
 	modules/proxy/proxy_smtp.h \
 	modules/proxy/proxy_smtp.c \
 	modules/proxy/proxy_smtp_upstream.c \

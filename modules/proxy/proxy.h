@@ -1,9 +1,10 @@
 /*
  * modules/proxy/proxy.h -- the proxy module's shared state: settings and
  * target policy (proxy_module.c, proxy_policy.c), the upstream connection
- * and its login (proxy_upstream.c), the POP3 relay (proxy_pop3.c) and the
- * recording of retrieved messages (proxy_record.c). The SMTP half (issue
- * 7) adds its relay beside proxy_pop3.c on the same foundations.
+ * and its login (proxy_upstream.c), the POP3 session and relay
+ * (proxy_pop3.c, proxy_pop3_relay.c, proxy_pop3_ahead.c; proxy_pop3.h
+ * maps them) and the recording of retrieved messages (proxy_record.c).
+ * The SMTP half (proxy_smtp.h) stands on the same foundations.
  */
 #ifndef MG_PROXY_H
 #define MG_PROXY_H
@@ -93,7 +94,6 @@ struct proxy_caps {
     bool stls, user, sasl_plain, uidl, top, pipelining, resp_codes;
     bool expire, login_delay, auth_resp_code;
 };
-
 
 /** Where a session is. */
 enum proxy_phase {
@@ -265,18 +265,21 @@ void proxy_record_free(struct proxy_rec *r);
 /** The upstream message numbered n is already in the mailbox. */
 bool proxy_record_have(struct proxy_session *s, uint32_t n);
 
-/* ------------------------------------------------------ proxy_pop3.c */
+/* ------------------------------------------------ proxy_pop3_relay.c */
 
 /** Upstream events once the relay runs. */
 void proxy_relay_upstream_event(struct proxy_session *s, enum mg_conn_event ev);
-/** Entry points hold the session; it is freed at the last leave once dead. */
-void proxy_enter(struct proxy_session *s);
-void proxy_leave(struct proxy_session *s);
 /** Go on after a wait (store, drain). */
 void proxy_relay_resume(struct proxy_session *s);
 /** Recording r finished: ok, or failed with s->why. */
 void proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r,
                           bool ok);
+
+/* ------------------------------------------------------ proxy_pop3.c */
+
+/** Entry points hold the session; it is freed at the last leave once dead. */
+void proxy_enter(struct proxy_session *s);
+void proxy_leave(struct proxy_session *s);
 /** The login is done: take the session over (MG_ACCEPT) or refuse. */
 void proxy_login_done(struct proxy_session *s, enum mg_verdict v,
                       const char *ecode, const char *fmt, ...) MG_PRINTF(4, 5);

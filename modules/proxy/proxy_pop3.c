@@ -1,25 +1,17 @@
 /*
  * modules/proxy/proxy_pop3.c -- the recording POP3 proxy: the pop3.login
- * handler that takes over `user%server%mailbox` logins, and the relay of
- * the client's commands to the upstream, one at a time.
+ * handler that takes over `user%server%mailbox` logins, the session's
+ * lifetime, the client's events and the output to the client.
  *
- * The client's commands are parsed and written anew (never forwarded as
- * sent), upstream status lines are bounded and checked, data lines of any
- * length pass in bounded pieces, and a RETR the mailbox has no copy of is
- * recorded: its terminating "." reaches the client only once the copy is
- * durable. A DELE of a message without a copy retrieves and records it
- * first.
+ * A login the proxy admits becomes a session: proxy_upstream.c connects
+ * and logs in upstream, then proxy_login_done() answers the client and
+ * hands its connection to the relay (proxy_pop3_relay.c), which reads
+ * messages ahead through proxy_pop3_ahead.c and records them through
+ * proxy_record.c. proxy_pop3.h maps the parts.
  *
- * Record-ahead (prefetch_max_size): once the upstream has sent message n
- * for the client's RETR, the proxy retrieves n + 1 itself (when it is in
- * the listing, not deleted in this session, not yet recorded and within
- * the limit), keeps it in memory and records it at once, so its commit
- * runs while the client is still busy with n. The client's RETR n + 1 is
- * then answered from memory, its "." once that copy is durable. Only one
- * upstream command is ever outstanding: a client command waits until the
- * upstream has sent all of the message being read ahead. A message read
- * ahead that the client never asks for stays recorded: it is in the
- * user's mailbox at the upstream, and archiving it early loses nothing.
+ * Client output is batched in s->obuf and written once PROXY_FLUSH bytes
+ * wait or a reply is complete. A session is freed at the last
+ * proxy_leave() once it is dead, never inside a callback still using it.
  */
 #include "config.h"
 
@@ -28,9 +20,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
-#include "proxy.h"
+#include "proxy_pop3.h"
 
 static struct proxy_session *proxy_sessions;
 
@@ -108,8 +99,8 @@ proxy_leave(struct proxy_session *s)
 
 /* End the session: the upstream without QUIT (nothing is deleted there),
  * the client after what is queued. */
-static void
-session_kill(struct proxy_session *s, const char *why)
+void
+proxy_session_kill(struct proxy_session *s, const char *why)
 {
     const struct mg_conn_api *ca = s->st->api->conn;
 
@@ -142,24 +133,20 @@ session_kill(struct proxy_session *s, const char *why)
 
 /* ---------------------------------------------------------- output */
 
-static const struct mg_conn_api *
-cl(const struct proxy_session *s)
-{
-    return s->st->api->conn;
-}
-
-static void
-out_flush(struct proxy_session *s)
+/* Write what is queued for the client; s->blocked when it is behind. */
+void
+proxy_out_flush(struct proxy_session *s)
 {
     if (s->olen == 0 || s->c == NULL)
         return;
-    if (cl(s)->write(s->c, s->obuf, s->olen) == MG_AGAIN)
+    if (proxy_conn(s)->write(s->c, s->obuf, s->olen) == MG_AGAIN)
         s->blocked = true;
     s->olen = 0;
 }
 
-static void
-out_add(struct proxy_session *s, const char *data, size_t len)
+/* Queue output for the client, written once PROXY_FLUSH bytes wait. */
+void
+proxy_out_add(struct proxy_session *s, const char *data, size_t len)
 {
     if (s->obuf == NULL) {
         s->obuf = malloc(PROXY_FLUSH + PROXY_DATA_LINE + 2);
@@ -169,18 +156,20 @@ out_add(struct proxy_session *s, const char *data, size_t len)
     memcpy(s->obuf + s->olen, data, len);
     s->olen += len;
     if (s->olen >= PROXY_FLUSH)
-        out_flush(s);
+        proxy_out_flush(s);
 }
 
-static void
-out_line(struct proxy_session *s, const char *line, size_t len)
+/* Queue a line for the client (CRLF added). */
+void
+proxy_out_line(struct proxy_session *s, const char *line, size_t len)
 {
-    out_add(s, line, len);
-    out_add(s, "\r\n", 2);
+    proxy_out_add(s, line, len);
+    proxy_out_add(s, "\r\n", 2);
 }
 
-static void
-out_reply(struct proxy_session *s, const char *fmt, ...)
+/* A status line for the client, written at once. */
+void
+proxy_out_reply(struct proxy_session *s, const char *fmt, ...)
 {
     char buf[PROXY_STATUS_MAX];
     va_list ap;
@@ -191,13 +180,12 @@ out_reply(struct proxy_session *s, const char *fmt, ...)
     va_end(ap);
     if (n < 0)
         return;
-    out_line(s, buf, (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
-    out_flush(s);
+    proxy_out_line(s, buf,
+                   (size_t)n < sizeof(buf) ? (size_t)n : sizeof(buf) - 1);
+    proxy_out_flush(s);
 }
 
 /* ----------------------------------------------------------- login */
-
-static const char *const proxy_caps_fixed[] = {"RESP-CODES", "PIPELINING"};
 
 void
 proxy_login_done(struct proxy_session *s, enum mg_verdict v, const char *ecode,
@@ -242,7 +230,7 @@ proxy_login_done(struct proxy_session *s, enum mg_verdict v, const char *ecode,
             return;
         }
         s->c = NULL;
-        session_kill(s, "the client left");
+        proxy_session_kill(s, "the client left");
         return;
     }
     if (!s->dead) {
@@ -252,7 +240,7 @@ proxy_login_done(struct proxy_session *s, enum mg_verdict v, const char *ecode,
                           s->login.upstream, s->login.mailbox, s->reply);
         (void)api->hook_resume(s->call_id, v, &reply);
     }
-    session_kill(s, "login failed");
+    proxy_session_kill(s, "login failed");
 }
 
 static void proxy_client_cb(struct mg_conn *c, enum mg_conn_event ev,
@@ -267,8 +255,8 @@ proxy_client_shutdown(struct mg_conn *c, void *arg)
     proxy_enter(s);
     if (!s->dead) {
         if (s->cmd == PC_NONE) {
-            out_reply(s, "-ERR [SYS/TEMP] The gateway is shutting down");
-            session_kill(s, "shutdown");
+            proxy_out_reply(s, "-ERR [SYS/TEMP] The gateway is shutting down");
+            proxy_session_kill(s, "shutdown");
         } else {
             s->closing = true; /* after the command in flight */
         }
@@ -356,789 +344,10 @@ proxy_pop3_login(struct mg_hook_call *call, void *arg)
     return MG_SUSPEND;
 }
 
-/* ----------------------------------------------------------- relay */
+/* --------------------------------------------------- client events */
 
-static bool
-parse_num(const char *p, size_t len, bool zero_ok, uint32_t *n_r)
-{
-    uint64_t n = 0;
-
-    if (len == 0 || len > 10)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return false;
-        n = n * 10 + (uint64_t)(p[i] - '0');
-    }
-    if (n > UINT32_MAX || (n == 0 && !zero_ok))
-        return false;
-    *n_r = (uint32_t)n;
-    return true;
-}
-
-static void
-relay_capa(struct proxy_session *s)
-{
-    out_add(s, "+OK Capability list follows\r\n", 30);
-    if (s->caps.top)
-        out_line(s, "TOP", 3);
-    if (s->caps.uidl)
-        out_line(s, "UIDL", 4);
-    if (s->caps.expire)
-        out_line(s, "EXPIRE NEVER", 12);
-    for (size_t i = 0; i < 2; i++)
-        out_line(s, proxy_caps_fixed[i], strlen(proxy_caps_fixed[i]));
-    out_line(s, ".", 1);
-    out_flush(s);
-}
-
-/* A command of the client's that the upstream answers. */
-static void
-up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
-       uint32_t a, uint32_t b)
-{
-    s->cmd = cmd;
-    if (s->up == NULL) {
-        s->failures++;
-        out_reply(s, "-ERR [SYS/TEMP] The upstream %s",
-                  s->up_gone != NULL ? s->up_gone : "closed the connection");
-        session_kill(s, "upstream closed");
-        return;
-    }
-    s->up_busy = true;
-    if (nargs == 0)
-        proxy_upstream_send(s, "%s", verb);
-    else if (nargs == 1)
-        proxy_upstream_send(s, "%s %u", verb, (unsigned)a);
-    else
-        proxy_upstream_send(s, "%s %u %u", verb, (unsigned)a, (unsigned)b);
-}
-
-static struct proxy_prefetch *pf_reading(struct proxy_session *s);
-static void pf_continue(struct proxy_session *s);
-
-static void
-relay_finish(struct proxy_session *s)
-{
-    s->cmd = PC_NONE;
-    s->in_data = false;
-    s->mid_line = false;
-    s->record = false;
-    s->up_busy = false;
-    s->top_whole = false;
-    if (s->up != NULL && pf_reading(s) == NULL)
-        cl(s)->set_timeouts(s->up, 0, 0); /* the client's idle time rules */
-    pf_continue(s);
-}
-
-/* ------------------------------------------------------ record-ahead */
-
-/* The slot whose message the upstream is sending, or NULL. */
-static struct proxy_prefetch *
-pf_reading(struct proxy_session *s)
-{
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state == PF_READING)
-            return &s->pf[i];
-    }
-    return NULL;
-}
-
-/* The message n read ahead completely, or NULL. */
-static struct proxy_prefetch *
-pf_ready(struct proxy_session *s, uint32_t n)
-{
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state == PF_READY && s->pf[i].msgno == n)
-            return &s->pf[i];
-    }
-    return NULL;
-}
-
-/* A copy read ahead still being committed (any message when n is 0). */
-static bool
-pf_committing(struct proxy_session *s, uint32_t n)
-{
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state == PF_READY && !s->pf[i].done &&
-            (n == 0 || s->pf[i].msgno == n))
-            return true;
-    }
-    return false;
-}
-
-/* Forget a message read ahead; a copy already committed stays. */
-static void
-pf_drop(struct proxy_session *s, struct proxy_prefetch *pf)
-{
-    proxy_record_abort(s, &pf->rec);
-    pf->state = PF_IDLE;
-    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
-    pf->len = 0;
-    if (pf->cap > 4 * PROXY_DATA_LINE) { /* keep only a small buffer */
-        free(pf->data);
-        pf->data = NULL;
-        pf->cap = 0;
-    }
-}
-
-/* What one message read ahead may take in memory: the limit plus the
- * stuffing and line ends a LIST size may not count. */
-static size_t
-pf_cap_max(const struct proxy_session *s)
-{
-    return (size_t)s->st->prefetch_max + PROXY_DATA_LINE;
-}
-
-/* Read ahead from message n on, if the upstream is idle, a slot is free
- * and n qualifies (else n + 1 … while they are merely recorded already). */
-static void
-pf_start(struct proxy_session *s, uint32_t n)
-{
-    struct proxy_prefetch *pf = NULL;
-
-    if (s->st->prefetch_max == 0 || s->up == NULL || s->dead || s->closing ||
-        s->up_busy || !s->have_uidls || s->sizes == NULL ||
-        pf_reading(s) != NULL)
-        return;
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state == PF_IDLE)
-            pf = &s->pf[i];
-        else if (s->pf[i].msgno >= n)
-            return; /* already ahead of n */
-    }
-    if (pf == NULL || n == 0 || n > s->nuidls || s->uidls[n - 1] == NULL ||
-        s->sizes[n - 1] > s->st->prefetch_max ||
-        (s->gone != NULL && s->gone[n - 1]) || proxy_record_have(s, n))
-        return;
-    if (proxy_record_begin(s, &pf->rec, n) != MG_OK)
-        return; /* the store refuses now: the client's RETR tries again */
-    pf->rec.ahead = true;
-    s->pf_last = n;
-    pf->state = PF_READING;
-    pf->msgno = n;
-    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
-    pf->len = pf->slen = 0;
-    proxy_upstream_send(s, "RETR %u", (unsigned)n);
-}
-
-/* Keep a piece of the message read ahead; false (and nothing kept) when
- * it would pass the limit. */
-static bool
-pf_keep(struct proxy_session *s, struct proxy_prefetch *pf, const char *data,
-        size_t len, bool eol)
-{
-    size_t need = pf->len + len + 2;
-
-    if (need > pf_cap_max(s))
-        return false;
-    if (need > pf->cap) {
-        size_t cap = pf->cap > 0 ? pf->cap : 2 * PROXY_DATA_LINE;
-        char *p;
-
-        while (cap < need)
-            cap *= 2;
-        if (cap > pf_cap_max(s))
-            cap = pf_cap_max(s);
-        p = realloc(pf->data, cap);
-        if (p == NULL)
-            abort();
-        pf->data = p;
-        pf->cap = cap;
-    }
-    memcpy(pf->data + pf->len, data, len);
-    pf->len += len;
-    if (eol) {
-        memcpy(pf->data + pf->len, "\r\n", 2);
-        pf->len += 2;
-    }
-    return true;
-}
-
-/* The upstream broke off (or broke the protocol) while a message was
- * being read ahead: nothing of it is kept. */
-static void
-pf_lost(struct proxy_session *s, struct proxy_prefetch *pf)
-{
-    s->failures++;
-    proxy_session_log(s, MG_LOG_WARNING,
-                      "upstream %s: %s while message %u was read ahead (not "
-                      "recorded)",
-                      s->login.upstream,
-                      s->up_gone != NULL ? s->up_gone : "lost",
-                      (unsigned)pf->msgno);
-    pf_drop(s, pf);
-}
-
-static bool client_next_local(struct proxy_session *s);
-
-/* The client has sent a command that needs the upstream: it goes first,
- * reading further ahead resumes once it is answered (relay_finish). */
-static bool
-client_waits(struct proxy_session *s)
-{
-    const char *in;
-    size_t n;
-
-    if (s->c == NULL)
-        return false;
-    cl(s)->peek(s->c, &in, &n);
-    return n > 0 && !client_next_local(s);
-}
-
-/* Read further ahead after the last message read ahead, if any. */
-static void
-pf_continue(struct proxy_session *s)
-{
-    if (s->pf_last > 0 && s->cmd == PC_NONE && !client_waits(s))
-        pf_start(s, s->pf_last + 1);
-}
-
-/* The upstream has sent all of a message read ahead: the next one. */
-static void
-pf_upstream_idle(struct proxy_session *s, uint32_t n)
-{
-    if (s->up != NULL && !s->up_busy)
-        cl(s)->set_timeouts(s->up, 0, 0);
-    if (!client_waits(s))
-        pf_start(s, n + 1);
-}
-
-/* One step of reading ahead; false to stop for now. */
-static bool
-pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
-{
-    const char *p;
-    size_t len;
-    bool eol, stuffed;
-    int r;
-
-    if (s->up == NULL || pf->rec.wait)
-        return false;
-    if (!pf->in_data) {
-        r = proxy_upstream_line(s, &p, &len, true);
-        if (r == MG_AGAIN)
-            return false;
-        if (r != MG_OK) {
-            s->up_gone = s->why;
-            pf_lost(s, pf);
-            session_kill(s, "upstream protocol violation");
-            return false;
-        }
-        if (p[0] != '+') { /* the client's own RETR will hear why */
-            pf_drop(s, pf);
-            if (s->up != NULL)
-                cl(s)->set_timeouts(s->up, 0, 0);
-            return true;
-        }
-        memcpy(pf->status, p, len);
-        pf->slen = len;
-        pf->in_data = true;
-        return true;
-    }
-    r = proxy_upstream_piece(s, &p, &len, &eol);
-    if (r == MG_AGAIN)
-        return false;
-    if (r != MG_OK) {
-        s->up_gone = s->why;
-        pf_lost(s, pf);
-        session_kill(s, "upstream protocol violation");
-        return false;
-    }
-    if (!pf->mid_line && eol && len == 1 && p[0] == '.') {
-        uint32_t n = pf->msgno;
-
-        if (pf->unusable) {
-            pf_drop(s, pf);
-        } else {
-            pf->state = PF_READY;
-            proxy_record_end(s, &pf->rec); /* proxy_relay_recorded follows */
-        }
-        if (!s->dead)
-            pf_upstream_idle(s, n);
-        return !s->dead;
-    }
-    stuffed = !pf->mid_line && len > 0 && p[0] == '.';
-    pf->mid_line = !eol;
-    if (pf->unusable)
-        return true;
-    if (!pf_keep(s, pf, p, len, eol)) {
-        /* larger than its listing said: drained, not kept; the client's
-         * RETR is relayed and recorded as usual */
-        pf->unusable = true;
-        proxy_record_abort(s, &pf->rec);
-        return true;
-    }
-    return proxy_record_piece(s, &pf->rec, p + stuffed, len - stuffed, eol) !=
-           MG_AGAIN;
-}
-
-/* RETR of a message read ahead: answered from memory, its "." once its
- * copy is durable. */
-static void
-pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
-{
-    struct proxy_rec tmp;
-    uint32_t last = pf->msgno;
-
-    s->msgno = pf->msgno;
-    out_line(s, pf->status, pf->slen);
-    out_flush(s);
-    if (pf->len > 0 && cl(s)->write(s->c, pf->data, pf->len) == MG_AGAIN)
-        s->blocked = true;
-    if (pf->done) {
-        out_line(s, ".", 1);
-        out_flush(s);
-        pf_drop(s, pf);
-    } else {
-        /* its commit is in flight: the client's command waits for it */
-        tmp = s->rec;
-        s->rec = pf->rec;
-        pf->rec = tmp;
-        s->cmd = PC_RETR;
-        s->record = true;
-        s->in_data = true;
-        pf_drop(s, pf);
-    }
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state != PF_IDLE && s->pf[i].msgno > last)
-            last = s->pf[i].msgno;
-    }
-    pf_start(s, last + 1);
-}
-
-/* ----------------------------------------------------- the commands */
-
-static void
-relay_retr(struct proxy_session *s, uint32_t n, bool dele)
-{
-    s->msgno = n;
-    if (proxy_record_have(s, n)) {
-        s->deduped++;
-        s->record = false;
-        up_cmd(s, dele ? PC_DELE : PC_RETR, dele ? "DELE" : "RETR", 1, n, 0);
-        return;
-    }
-    if (proxy_record_begin(s, &s->rec, n) != MG_OK) {
-        s->failures++;
-        proxy_session_log(s, MG_LOG_WARNING, "cannot record message %u: %s",
-                          (unsigned)n, s->why);
-        out_reply(s, "-ERR [SYS/TEMP] The message cannot be archived now; "
-                     "try again later");
-        return;
-    }
-    s->record = true;
-    up_cmd(s, dele ? PC_DELE_RETR : PC_RETR, "RETR", 1, n, 0);
-}
-
-/* DELE n (or QUIT, n 0) while the copy of n (any) read ahead is being
- * committed: wait for it (DELE then finds it recorded, or records it
- * anew; QUIT leaves every copy read ahead durable). */
-static bool
-relay_pf_wait(struct proxy_session *s, uint32_t n, char then)
-{
-    struct proxy_prefetch *pf = n != 0 ? pf_ready(s, n) : NULL;
-
-    if (!pf_committing(s, n)) {
-        if (pf != NULL)
-            pf_drop(s, pf); /* deleted: nobody will RETR it */
-        return false;
-    }
-    s->cmd = PC_PFWAIT;
-    s->pf_then = then;
-    s->msgno = n;
-    return true;
-}
-
-/* One client command line. */
-static void
-relay_command(struct proxy_session *s, const char *line, size_t len)
-{
-    const char *arg, *sp = memchr(line, ' ', len);
-    size_t vlen = sp != NULL ? (size_t)(sp - line) : len, alen;
-    uint32_t n, m;
-
-    arg = sp != NULL ? sp + 1 : line + len;
-    alen = sp != NULL ? len - vlen - 1 : 0;
-#define VERB(w) (vlen == sizeof(w) - 1 && strncasecmp(line, w, vlen) == 0)
-    if (VERB("QUIT") && alen == 0) {
-        if (!relay_pf_wait(s, 0, 'Q'))
-            up_cmd(s, PC_QUIT, "QUIT", 0, 0, 0);
-    } else if (VERB("RSET") && alen == 0) {
-        up_cmd(s, PC_RSET, "RSET", 0, 0, 0);
-    } else if ((VERB("STAT") || VERB("NOOP")) && alen == 0) {
-        up_cmd(s, PC_SINGLE, VERB("STAT") ? "STAT" : "NOOP", 0, 0, 0);
-    } else if (VERB("LIST") || VERB("UIDL")) {
-        const char *verb = VERB("LIST") ? "LIST" : "UIDL";
-
-        if (alen == 0)
-            up_cmd(s, PC_MULTI, verb, 0, 0, 0);
-        else if (parse_num(arg, alen, false, &n))
-            up_cmd(s, PC_SINGLE, verb, 1, n, 0);
-        else
-            out_reply(s, "-ERR Invalid message number");
-    } else if (VERB("RETR") || VERB("DELE")) {
-        if (!parse_num(arg, alen, false, &n)) {
-            out_reply(s, "-ERR Invalid message number");
-        } else if (VERB("RETR")) {
-            s->retrieved++;
-            struct proxy_prefetch *pf = pf_ready(s, n);
-
-            if (pf != NULL)
-                pf_serve(s, pf);
-            else
-                relay_retr(s, n, false);
-        } else if (!relay_pf_wait(s, n, 'D')) {
-            relay_retr(s, n, true);
-        }
-    } else if (VERB("TOP")) {
-        const char *sp2 = memchr(arg, ' ', alen);
-
-        if (sp2 != NULL && parse_num(arg, (size_t)(sp2 - arg), false, &n) &&
-            parse_num(sp2 + 1, alen - (size_t)(sp2 - arg) - 1, true, &m)) {
-            /* TOP records nothing, but a client that reads whole messages
-             * with it (fetchmail: TOP n 99999999) walks through them */
-            if (m >= PROXY_TOP_WHOLE && pf_ready(s, n) != NULL) {
-                /* the whole message: what was read ahead */
-                pf_serve(s, pf_ready(s, n));
-            } else {
-                s->msgno = n;
-                up_cmd(s, PC_MULTI, "TOP", 2, n, m);
-                s->top_whole = m >= PROXY_TOP_WHOLE;
-            }
-        } else
-            out_reply(s, "-ERR Syntax: TOP msg lines");
-    } else if (VERB("CAPA") && alen == 0) {
-        relay_capa(s);
-    } else if (VERB("USER") || VERB("PASS") || VERB("AUTH") || VERB("APOP") ||
-               VERB("STLS")) {
-        out_reply(s, "-ERR Already logged in");
-    } else {
-        out_reply(s, "-ERR Unknown command");
-    }
-#undef VERB
-}
-
-/* The next client command; false when there is none yet. */
-static bool
-relay_client_line(struct proxy_session *s)
-{
-    const char *line;
-    size_t len;
-    enum mg_eol eol;
-    int r;
-
-    if (s->c == NULL)
-        return false;
-    r = cl(s)->getline(s->c, &line, &len, &eol);
-    if (r == MG_AGAIN)
-        return false;
-    if (r == MG_DECLINED) {
-        out_reply(s, "-ERR Line too long");
-        return true;
-    }
-    if (memchr(line, '\r', len) != NULL || memchr(line, '\0', len) != NULL) {
-        out_reply(s, "-ERR Invalid characters in the command");
-        return true;
-    }
-    relay_command(s, line, len);
-    return true;
-}
-
-static void
-mark_gone(struct proxy_session *s, uint32_t n)
-{
-    if (n == 0 || n > s->nuidls)
-        return;
-    if (s->gone == NULL) {
-        s->gone = calloc(s->nuidls, sizeof(*s->gone));
-        if (s->gone == NULL)
-            abort();
-    }
-    s->gone[n - 1] = true;
-}
-
-/* The end of a multi-line reply of the client's command. */
-static bool
-relay_data_end(struct proxy_session *s, bool fwd)
-{
-    bool retr = s->cmd == PC_RETR || (s->cmd == PC_MULTI && s->top_whole);
-    uint32_t next = s->msgno + 1;
-
-    s->up_busy = false;
-    if (s->record) {
-        out_flush(s);
-        proxy_record_end(s, &s->rec); /* proxy_relay_recorded follows */
-    } else {
-        if (fwd)
-            out_line(s, ".", 1);
-        relay_finish(s);
-    }
-    if (retr)
-        pf_start(s, next); /* while the client reads this one */
-    return !s->dead;
-}
-
-/* One upstream line (or piece of a long one) of the command in flight;
- * false to stop for now. */
-static bool
-relay_upstream_line(struct proxy_session *s)
-{
-    const char *line;
-    size_t len;
-    bool ok, eol = true, fwd = s->cmd != PC_DELE_RETR;
-    int r;
-
-    if (s->up == NULL)
-        return false;
-    if (s->in_data)
-        r = proxy_upstream_piece(s, &line, &len, &eol);
-    else
-        r = proxy_upstream_line(s, &line, &len, true);
-    if (r == MG_AGAIN)
-        return false;
-    if (r != MG_OK) {
-        s->failures++;
-        proxy_session_log(s, MG_LOG_WARNING, "upstream %s: %s",
-                          s->login.upstream, s->why);
-        if (!s->in_data)
-            out_reply(s, "-ERR [SYS/TEMP] %s", s->why);
-        session_kill(s, "upstream protocol violation");
-        return false;
-    }
-    if (s->in_data) {
-        bool stuffed = !s->mid_line && len > 0 && line[0] == '.';
-
-        if (!s->mid_line && eol && len == 1 && line[0] == '.')
-            return relay_data_end(s, fwd);
-        s->mid_line = !eol;
-        if (fwd) {
-            out_add(s, line, len);
-            if (eol)
-                out_add(s, "\r\n", 2);
-        }
-        if (s->record && proxy_record_piece(s, &s->rec, line + stuffed,
-                                            len - stuffed, eol) == MG_AGAIN)
-            return false;
-        return !s->blocked;
-    }
-    ok = line[0] == '+';
-    if (fwd || !ok)
-        out_line(s, line, len);
-    switch (s->cmd) {
-    case PC_MULTI:
-    case PC_RETR:
-    case PC_DELE_RETR:
-        if (ok) {
-            s->in_data = true;
-            s->mid_line = false;
-            return true;
-        }
-        proxy_record_abort(s, &s->rec);
-        break;
-    case PC_DELE:
-        if (ok) {
-            s->deleted++;
-            mark_gone(s, s->msgno);
-        }
-        break;
-    case PC_RSET:
-        if (ok && s->gone != NULL)
-            memset(s->gone, 0, s->nuidls * sizeof(*s->gone));
-        break;
-    case PC_QUIT:
-        out_flush(s);
-        session_kill(s, "QUIT");
-        return false;
-    default:
-        break;
-    }
-    out_flush(s);
-    relay_finish(s);
-    return true;
-}
-
-/* The client's next command is RETR of a message read ahead: it needs
- * nothing from the upstream, which may still be sending the next one. */
-static bool
-client_next_local(struct proxy_session *s)
-{
-    const char *in, *lf;
-    size_t n;
-    uint32_t msgno;
-
-    if (s->c == NULL)
-        return false;
-    cl(s)->peek(s->c, &in, &n);
-    lf = memchr(in, '\n', n < 64 ? n : 64);
-    if (lf == NULL)
-        return false;
-    n = (size_t)(lf - in);
-    if (n > 0 && in[n - 1] == '\r')
-        n--;
-    return n > 5 && strncasecmp(in, "RETR ", 5) == 0 &&
-           parse_num(in + 5, n - 5, false, &msgno) &&
-           pf_ready(s, msgno) != NULL;
-}
-
-static void
-relay_pump(struct proxy_session *s)
-{
-    while (!s->dead) {
-        struct proxy_prefetch *pf = pf_reading(s);
-
-        if (pf != NULL) {
-            /* the upstream is sending a message read ahead: the client's
-             * next command waits for the end of it */
-            if (pf_step(s, pf))
-                continue;
-            if (!s->dead && s->cmd == PC_NONE && !s->blocked &&
-                client_next_local(s) && relay_client_line(s))
-                continue; /* answered from memory meanwhile */
-            if (!s->dead)
-                out_flush(s);
-            return;
-        }
-        if (s->cmd == PC_NONE) {
-            out_flush(s);
-            if (s->closing) {
-                out_reply(s, "-ERR [SYS/TEMP] The gateway is shutting down");
-                session_kill(s, "shutdown");
-                return;
-            }
-            if (s->up == NULL) {
-                s->failures++;
-                out_reply(s, "-ERR [SYS/TEMP] The upstream %s",
-                          s->up_gone != NULL ? s->up_gone
-                                             : "closed the connection");
-                session_kill(s, "upstream closed");
-                return;
-            }
-            if (s->blocked || !relay_client_line(s))
-                return;
-            continue;
-        }
-        if (s->cmd == PC_PFWAIT || s->blocked || s->rec.wait || s->rec.commit)
-            return;
-        if (!relay_upstream_line(s)) {
-            if (!s->dead && !s->rec.commit)
-                out_flush(s);
-            return;
-        }
-    }
-}
-
-void
-proxy_relay_resume(struct proxy_session *s)
-{
-    relay_pump(s);
-}
-
-/* A copy read ahead is durable, or could not be stored. */
-static void
-pf_recorded(struct proxy_session *s, struct proxy_prefetch *pf, bool ok)
-{
-    if (ok) {
-        pf->done = true;
-        s->recorded++;
-        s->ahead++;
-    } else {
-        s->failures++;
-        proxy_session_log(s, MG_LOG_WARNING,
-                          "message %u read ahead could not be recorded "
-                          "(%s): the client's RETR retrieves it again",
-                          (unsigned)pf->msgno, s->why);
-        pf_drop(s, pf);
-    }
-    if (s->cmd == PC_PFWAIT) {
-        s->cmd = PC_NONE;
-        if (s->pf_then == 'Q') {
-            if (!relay_pf_wait(s, 0, 'Q'))
-                up_cmd(s, PC_QUIT, "QUIT", 0, 0, 0);
-        } else if (!relay_pf_wait(s, s->msgno, 'D')) {
-            relay_retr(s, s->msgno, true);
-        }
-    }
-}
-
-void
-proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r, bool ok)
-{
-    bool ahead = r->ahead;
-
-    if (r >= &s->pf[0].rec && r <= &s->pf[PROXY_AHEAD - 1].rec) {
-        pf_recorded(
-            s,
-            (struct proxy_prefetch *)((char *)r -
-                                      offsetof(struct proxy_prefetch, rec)),
-            ok);
-    } else if (s->cmd == PC_RETR) {
-        if (!ok) {
-            s->failures++;
-            proxy_session_log(s, MG_LOG_WARNING,
-                              "message %u could not be recorded (%s): the "
-                              "client does not get its end",
-                              (unsigned)s->msgno, s->why);
-            session_kill(s, "recording failed");
-            return;
-        }
-        s->recorded++;
-        s->ahead += ahead;
-        out_line(s, ".", 1);
-        out_flush(s);
-        relay_finish(s);
-    } else if (s->cmd == PC_DELE_RETR) {
-        if (!ok) {
-            s->failures++;
-            proxy_session_log(s, MG_LOG_WARNING,
-                              "message %u could not be recorded (%s): DELE "
-                              "refused",
-                              (unsigned)s->msgno, s->why);
-            out_reply(s, "-ERR [SYS/TEMP] The message could not be archived; "
-                         "it was not deleted");
-            relay_finish(s);
-        } else {
-            s->recorded++;
-            s->record = false;
-            s->in_data = false;
-            up_cmd(s, PC_DELE, "DELE", 1, s->msgno, 0);
-        }
-    }
-    relay_pump(s);
-}
-
-void
-proxy_relay_upstream_event(struct proxy_session *s, enum mg_conn_event ev)
-{
-    switch (ev) {
-    case MG_CONN_READABLE:
-        relay_pump(s);
-        return;
-    case MG_CONN_DRAINED:
-    case MG_CONN_TLS_READY:
-        return;
-    default:
-        s->up = NULL;
-        s->dpend = 0;
-        s->up_gone = ev == MG_CONN_TIMEOUT ? "did not answer in time"
-                                           : "closed the connection";
-        if (s->cmd == PC_QUIT)
-            return;
-        if (pf_reading(s) != NULL)
-            pf_lost(s, pf_reading(s));
-        if (s->up_busy) { /* the client's command waits for it */
-            s->failures++;
-            if (!s->in_data)
-                out_reply(s, "-ERR [SYS/TEMP] The upstream %s", s->up_gone);
-            session_kill(s, ev == MG_CONN_TIMEOUT ? "upstream timeout"
-                                                  : "upstream closed");
-            return;
-        }
-        relay_pump(s); /* a commit in flight still ends its RETR */
-        return;
-    }
-}
-
+/* The client's connection once the relay runs: input and drained output
+ * go on with the relay; a timeout or a close ends the session. */
 static void
 proxy_client_cb(struct mg_conn *c, enum mg_conn_event ev, void *arg)
 {
@@ -1153,21 +362,21 @@ proxy_client_cb(struct mg_conn *c, enum mg_conn_event ev, void *arg)
     switch (ev) {
     case MG_CONN_DRAINED:
         s->blocked = false;
-        relay_pump(s);
+        proxy_relay_resume(s);
         break;
     case MG_CONN_READABLE:
-        relay_pump(s);
+        proxy_relay_resume(s);
         break;
     case MG_CONN_TLS_READY:
         break;
     case MG_CONN_TIMEOUT:
-        out_reply(s, "-ERR [SYS/TEMP] Idle for too long");
+        proxy_out_reply(s, "-ERR [SYS/TEMP] Idle for too long");
         s->c = NULL; /* the core closes it */
-        session_kill(s, "client timeout");
+        proxy_session_kill(s, "client timeout");
         break;
     default:
         s->c = NULL;
-        session_kill(s, "client left");
+        proxy_session_kill(s, "client left");
         break;
     }
     proxy_leave(s);

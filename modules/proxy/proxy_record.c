@@ -8,8 +8,9 @@
  * Two sessions retrieving the same upstream message at the same time each
  * record a copy (neither is in the index when the other looks); the entry
  * names the later one. A session has at most two recordings in flight:
- * the client's RETR and the one recorded ahead (proxy_pop3.c); store
- * callbacks find theirs by a sequence number, never by a pointer.
+ * the client's RETR (proxy_pop3_relay.c) and the one recorded ahead
+ * (proxy_pop3_ahead.c); store callbacks find theirs by a sequence
+ * number, never by a pointer.
  *
  * The copy starts with one `Received:` field naming the upstream, the
  * gateway and the upstream's UIDL; the rest is the message byte for byte

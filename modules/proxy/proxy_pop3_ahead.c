@@ -1,0 +1,319 @@
+/*
+ * modules/proxy/proxy_pop3_ahead.c -- record-ahead for the POP3 proxy
+ * (prefetch_max_size).
+ *
+ * Once the upstream has sent message n for the client's RETR, the proxy
+ * retrieves n + 1 itself (when it is in the listing, not deleted in this
+ * session, not yet recorded and within the limit), keeps it in memory and
+ * records it at once, so its commit runs while the client is still busy
+ * with n. The client's RETR n + 1 is then answered from memory, its "."
+ * once that copy is durable. Only one upstream command is ever
+ * outstanding: a client command waits until the upstream has sent all of
+ * the message being read ahead. A message read ahead that the client
+ * never asks for stays recorded: it is in the user's mailbox at the
+ * upstream, and archiving it early loses nothing.
+ *
+ * The relay (proxy_pop3_relay.c) calls in here between the client's
+ * commands; up to PROXY_AHEAD messages are held (s->pf).
+ */
+#include "config.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proxy_pop3.h"
+
+/* The slot whose message the upstream is sending, or NULL. */
+struct proxy_prefetch *
+proxy_pf_reading(struct proxy_session *s)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READING)
+            return &s->pf[i];
+    }
+    return NULL;
+}
+
+/* The message n read ahead completely, or NULL. */
+struct proxy_prefetch *
+proxy_pf_ready(struct proxy_session *s, uint32_t n)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && s->pf[i].msgno == n)
+            return &s->pf[i];
+    }
+    return NULL;
+}
+
+/* A copy read ahead still being committed (any message when n is 0). */
+bool
+proxy_pf_committing(struct proxy_session *s, uint32_t n)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && !s->pf[i].done &&
+            (n == 0 || s->pf[i].msgno == n))
+            return true;
+    }
+    return false;
+}
+
+/* Forget a message read ahead; a copy already committed stays. */
+void
+proxy_pf_drop(struct proxy_session *s, struct proxy_prefetch *pf)
+{
+    proxy_record_abort(s, &pf->rec);
+    pf->state = PF_IDLE;
+    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
+    pf->len = 0;
+    if (pf->cap > 4 * PROXY_DATA_LINE) { /* keep only a small buffer */
+        free(pf->data);
+        pf->data = NULL;
+        pf->cap = 0;
+    }
+}
+
+/* What one message read ahead may take in memory: the limit plus the
+ * stuffing and line ends a LIST size may not count. */
+static size_t
+pf_cap_max(const struct proxy_session *s)
+{
+    return (size_t)s->st->prefetch_max + PROXY_DATA_LINE;
+}
+
+/* Read ahead from message n on, if the upstream is idle, a slot is free
+ * and n qualifies (else n + 1 … while they are merely recorded already). */
+void
+proxy_pf_start(struct proxy_session *s, uint32_t n)
+{
+    struct proxy_prefetch *pf = NULL;
+
+    if (s->st->prefetch_max == 0 || s->up == NULL || s->dead || s->closing ||
+        s->up_busy || !s->have_uidls || s->sizes == NULL ||
+        proxy_pf_reading(s) != NULL)
+        return;
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_IDLE)
+            pf = &s->pf[i];
+        else if (s->pf[i].msgno >= n)
+            return; /* already ahead of n */
+    }
+    if (pf == NULL || n == 0 || n > s->nuidls || s->uidls[n - 1] == NULL ||
+        s->sizes[n - 1] > s->st->prefetch_max ||
+        (s->gone != NULL && s->gone[n - 1]) || proxy_record_have(s, n))
+        return;
+    if (proxy_record_begin(s, &pf->rec, n) != MG_OK)
+        return; /* the store refuses now: the client's RETR tries again */
+    pf->rec.ahead = true;
+    s->pf_last = n;
+    pf->state = PF_READING;
+    pf->msgno = n;
+    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
+    pf->len = pf->slen = 0;
+    proxy_upstream_send(s, "RETR %u", (unsigned)n);
+}
+
+/* Keep a piece of the message read ahead; false (and nothing kept) when
+ * it would pass the limit. */
+static bool
+pf_keep(struct proxy_session *s, struct proxy_prefetch *pf, const char *data,
+        size_t len, bool eol)
+{
+    size_t need = pf->len + len + 2;
+
+    if (need > pf_cap_max(s))
+        return false;
+    if (need > pf->cap) {
+        size_t cap = pf->cap > 0 ? pf->cap : 2 * PROXY_DATA_LINE;
+        char *p;
+
+        while (cap < need)
+            cap *= 2;
+        if (cap > pf_cap_max(s))
+            cap = pf_cap_max(s);
+        p = realloc(pf->data, cap);
+        if (p == NULL)
+            abort();
+        pf->data = p;
+        pf->cap = cap;
+    }
+    memcpy(pf->data + pf->len, data, len);
+    pf->len += len;
+    if (eol) {
+        memcpy(pf->data + pf->len, "\r\n", 2);
+        pf->len += 2;
+    }
+    return true;
+}
+
+/* The upstream broke off (or broke the protocol) while a message was
+ * being read ahead: nothing of it is kept. */
+void
+proxy_pf_lost(struct proxy_session *s, struct proxy_prefetch *pf)
+{
+    s->failures++;
+    proxy_session_log(s, MG_LOG_WARNING,
+                      "upstream %s: %s while message %u was read ahead (not "
+                      "recorded)",
+                      s->login.upstream,
+                      s->up_gone != NULL ? s->up_gone : "lost",
+                      (unsigned)pf->msgno);
+    proxy_pf_drop(s, pf);
+}
+
+/* The client has sent a command that needs the upstream: it goes first,
+ * reading further ahead resumes once it is answered (relay_finish() in
+ * proxy_pop3_relay.c). */
+static bool
+client_waits(struct proxy_session *s)
+{
+    const char *in;
+    size_t n;
+
+    if (s->c == NULL)
+        return false;
+    proxy_conn(s)->peek(s->c, &in, &n);
+    return n > 0 && !proxy_relay_next_local(s);
+}
+
+/* Read further ahead after the last message read ahead, if any. */
+void
+proxy_pf_continue(struct proxy_session *s)
+{
+    if (s->pf_last > 0 && s->cmd == PC_NONE && !client_waits(s))
+        proxy_pf_start(s, s->pf_last + 1);
+}
+
+/* The upstream has sent all of a message read ahead: the next one. */
+static void
+pf_upstream_idle(struct proxy_session *s, uint32_t n)
+{
+    if (s->up != NULL && !s->up_busy)
+        proxy_conn(s)->set_timeouts(s->up, 0, 0);
+    if (!client_waits(s))
+        proxy_pf_start(s, n + 1);
+}
+
+/* One step of reading ahead; false to stop for now. */
+bool
+proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
+{
+    const char *p;
+    size_t len;
+    bool eol, stuffed;
+    int r;
+
+    if (s->up == NULL || pf->rec.wait)
+        return false;
+    if (!pf->in_data) {
+        r = proxy_upstream_line(s, &p, &len, true);
+        if (r == MG_AGAIN)
+            return false;
+        if (r != MG_OK) {
+            s->up_gone = s->why;
+            proxy_pf_lost(s, pf);
+            proxy_session_kill(s, "upstream protocol violation");
+            return false;
+        }
+        if (p[0] != '+') { /* the client's own RETR will hear why */
+            proxy_pf_drop(s, pf);
+            if (s->up != NULL)
+                proxy_conn(s)->set_timeouts(s->up, 0, 0);
+            return true;
+        }
+        memcpy(pf->status, p, len);
+        pf->slen = len;
+        pf->in_data = true;
+        return true;
+    }
+    r = proxy_upstream_piece(s, &p, &len, &eol);
+    if (r == MG_AGAIN)
+        return false;
+    if (r != MG_OK) {
+        s->up_gone = s->why;
+        proxy_pf_lost(s, pf);
+        proxy_session_kill(s, "upstream protocol violation");
+        return false;
+    }
+    if (!pf->mid_line && eol && len == 1 && p[0] == '.') {
+        uint32_t n = pf->msgno;
+
+        if (pf->unusable) {
+            proxy_pf_drop(s, pf);
+        } else {
+            pf->state = PF_READY;
+            proxy_record_end(s, &pf->rec); /* proxy_relay_recorded follows */
+        }
+        if (!s->dead)
+            pf_upstream_idle(s, n);
+        return !s->dead;
+    }
+    stuffed = !pf->mid_line && len > 0 && p[0] == '.';
+    pf->mid_line = !eol;
+    if (pf->unusable)
+        return true;
+    if (!pf_keep(s, pf, p, len, eol)) {
+        /* larger than its listing said: drained, not kept; the client's
+         * RETR is relayed and recorded as usual */
+        pf->unusable = true;
+        proxy_record_abort(s, &pf->rec);
+        return true;
+    }
+    return proxy_record_piece(s, &pf->rec, p + stuffed, len - stuffed, eol) !=
+           MG_AGAIN;
+}
+
+/* RETR of a message read ahead: answered from memory, its "." once its
+ * copy is durable. */
+void
+proxy_pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
+{
+    struct proxy_rec tmp;
+    uint32_t last = pf->msgno;
+
+    s->msgno = pf->msgno;
+    proxy_out_line(s, pf->status, pf->slen);
+    proxy_out_flush(s);
+    if (pf->len > 0 &&
+        proxy_conn(s)->write(s->c, pf->data, pf->len) == MG_AGAIN)
+        s->blocked = true;
+    if (pf->done) {
+        proxy_out_line(s, ".", 1);
+        proxy_out_flush(s);
+        proxy_pf_drop(s, pf);
+    } else {
+        /* its commit is in flight: the client's command waits for it */
+        tmp = s->rec;
+        s->rec = pf->rec;
+        pf->rec = tmp;
+        s->cmd = PC_RETR;
+        s->record = true;
+        s->in_data = true;
+        proxy_pf_drop(s, pf);
+    }
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state != PF_IDLE && s->pf[i].msgno > last)
+            last = s->pf[i].msgno;
+    }
+    proxy_pf_start(s, last + 1);
+}
+
+/* A copy read ahead is durable, or could not be stored. */
+void
+proxy_pf_recorded(struct proxy_session *s, struct proxy_prefetch *pf, bool ok)
+{
+    if (ok) {
+        pf->done = true;
+        s->recorded++;
+        s->ahead++;
+    } else {
+        s->failures++;
+        proxy_session_log(s, MG_LOG_WARNING,
+                          "message %u read ahead could not be recorded "
+                          "(%s): the client's RETR retrieves it again",
+                          (unsigned)pf->msgno, s->why);
+        proxy_pf_drop(s, pf);
+    }
+}
