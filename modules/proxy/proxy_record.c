@@ -7,9 +7,9 @@
  * not know (a store without msg_dedup gets the entry in a second commit).
  * Two sessions retrieving the same upstream message at the same time each
  * record a copy (neither is in the index when the other looks); the entry
- * names the later one. A session has at most two recordings in flight:
- * the client's RETR (proxy_pop3_relay.c) and the one recorded ahead
- * (proxy_pop3_ahead.c); store callbacks find theirs by a sequence
+ * names the later one. A session has at most 1 + PROXY_AHEAD recordings
+ * in flight: the client's RETR (proxy_pop3_relay.c) and those recorded
+ * ahead (proxy_pop3_ahead.c); store callbacks find theirs by a sequence
  * number, never by a pointer.
  *
  * The copy starts with one `Received:` field naming the upstream, the
