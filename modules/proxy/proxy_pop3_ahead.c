@@ -197,6 +197,20 @@ pf_upstream_idle(struct proxy_session *s, uint32_t n)
 }
 
 /* One step of reading ahead; false to stop for now. */
+/* An upstream read for message pf that gave no line: wait for more
+ * (MG_AGAIN), or, if the upstream broke the protocol, lose the message
+ * and end the session. Always false: the step cannot go on. */
+static bool
+pf_read_failed(struct proxy_session *s, struct proxy_prefetch *pf, int r)
+{
+    if (r == MG_AGAIN)
+        return false;
+    s->up_gone = s->why;
+    proxy_pf_lost(s, pf);
+    proxy_session_kill(s, "upstream protocol violation");
+    return false;
+}
+
 bool
 proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
 {
@@ -209,14 +223,8 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
         return false;
     if (!pf->in_data) {
         r = proxy_upstream_line(s, &p, &len, true);
-        if (r == MG_AGAIN)
-            return false;
-        if (r != MG_OK) {
-            s->up_gone = s->why;
-            proxy_pf_lost(s, pf);
-            proxy_session_kill(s, "upstream protocol violation");
-            return false;
-        }
+        if (r != MG_OK)
+            return pf_read_failed(s, pf, r);
         if (p[0] != '+') { /* the client's own RETR will hear why */
             proxy_pf_drop(s, pf);
             if (s->up != NULL)
@@ -229,14 +237,8 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
         return true;
     }
     r = proxy_upstream_piece(s, &p, &len, &eol);
-    if (r == MG_AGAIN)
-        return false;
-    if (r != MG_OK) {
-        s->up_gone = s->why;
-        proxy_pf_lost(s, pf);
-        proxy_session_kill(s, "upstream protocol violation");
-        return false;
-    }
+    if (r != MG_OK)
+        return pf_read_failed(s, pf, r);
     if (!pf->mid_line && eol && len == 1 && p[0] == '.') {
         uint32_t n = pf->msgno;
 

@@ -451,6 +451,17 @@ relay_pf_waited(struct proxy_session *s)
     }
 }
 
+/* The copy of the client's message could not be recorded: count and log
+ * it with what follows for the client. */
+static void
+record_failed(struct proxy_session *s, const char *outcome)
+{
+    s->failures++;
+    proxy_session_log(s, MG_LOG_WARNING,
+                      "message %u could not be recorded (%s): %s",
+                      (unsigned)s->msgno, s->why, outcome);
+}
+
 void
 proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r, bool ok)
 {
@@ -465,11 +476,7 @@ proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r, bool ok)
         relay_pf_waited(s);
     } else if (s->cmd == PC_RETR) {
         if (!ok) {
-            s->failures++;
-            proxy_session_log(s, MG_LOG_WARNING,
-                              "message %u could not be recorded (%s): the "
-                              "client does not get its end",
-                              (unsigned)s->msgno, s->why);
+            record_failed(s, "the client does not get its end");
             proxy_session_kill(s, "recording failed");
             return;
         }
@@ -480,11 +487,7 @@ proxy_relay_recorded(struct proxy_session *s, struct proxy_rec *r, bool ok)
         relay_finish(s);
     } else if (s->cmd == PC_DELE_RETR) {
         if (!ok) {
-            s->failures++;
-            proxy_session_log(s, MG_LOG_WARNING,
-                              "message %u could not be recorded (%s): DELE "
-                              "refused",
-                              (unsigned)s->msgno, s->why);
+            record_failed(s, "DELE refused");
             proxy_out_reply(
                 s, "-ERR [SYS/TEMP] The message could not be archived; "
                    "it was not deleted");

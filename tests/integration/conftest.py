@@ -749,6 +749,28 @@ def build_tool(name):
     return path
 
 
+def shim_so(name):
+    """A test-only LD_PRELOAD shim from the build tree (failsync,
+    powerlog): MG_BUILD_DIR/tests/tools/.libs/NAME.so."""
+    so = os.path.join(env_required("MG_BUILD_DIR"), "tests", "tools", ".libs",
+                      name + ".so")
+    if not os.path.exists(so):
+        pytest.fail("%s is missing: make check builds it" % so, pytrace=False)
+    return so
+
+
+def failsync_env(flag):
+    """Environment for a daemon under tests/tools/failsync.so: fsync and
+    fdatasync fail with EIO while the file `flag` exists. (The shim comes
+    before the sanitizer runtime, which ASan must be told to accept.)"""
+    return {
+        "LD_PRELOAD": shim_so("failsync"),
+        "MG_FAILSYNC_FLAG": flag,
+        "ASAN_OPTIONS": daemon_env().get("ASAN_OPTIONS", "") +
+        ":verify_asan_link_order=0",
+    }
+
+
 def smtp_so():
     """The installed smtp module: MG_PREFIX/lib/mailgate/smtp.so."""
     path = os.path.join(env_required("MG_PREFIX"), "lib", "mailgate", "smtp.so")

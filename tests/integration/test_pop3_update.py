@@ -5,7 +5,7 @@ with nothing deleted; SIGTERM closes idle sessions without UPDATE."""
 import os
 import time
 
-from conftest import tail
+from conftest import shim_so, tail
 from smtp_helpers import session
 from pop3_helpers import (SENDER, addr, deliver, login, mailbox_create,
                           mailbox_messages, make_pop3, raw, sample_message,
@@ -14,17 +14,10 @@ from pop3_helpers import (SENDER, addr, deliver, login, mailbox_create,
 assert make_pop3  # a fixture, used by name
 
 
-def _failsync():
-    so = os.path.join(os.environ["MG_BUILD_DIR"], "tests", "tools", ".libs",
-                      "failsync.so")
-    assert os.path.exists(so), "%s is missing: make check builds it" % so
-    return so
-
-
 def test_delete_commit_failure_is_temporary(make_pop3, certs, tmp_path):
     d = make_pop3(start=False)
     flag = str(tmp_path / "fail-now")
-    d.extra_env["LD_PRELOAD"] = _failsync()
+    d.extra_env["LD_PRELOAD"] = shim_so("failsync")
     d.extra_env["MG_FAILSYNC_FLAG"] = flag
     d.extra_env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") +
                                    ":verify_asan_link_order=0").lstrip(":")
@@ -95,7 +88,7 @@ def test_quit_in_flight_finishes_during_sigterm(make_pop3, certs, tmp_path):
     surely in flight when the signal comes."""
     d = make_pop3(start=False)
     slow = str(tmp_path / "slow-now")
-    d.extra_env["LD_PRELOAD"] = _failsync()
+    d.extra_env["LD_PRELOAD"] = shim_so("failsync")
     d.extra_env["MG_SLOWSYNC_FLAG"] = slow
     d.extra_env["ASAN_OPTIONS"] = (os.environ.get("ASAN_OPTIONS", "") +
                                    ":verify_asan_link_order=0").lstrip(":")

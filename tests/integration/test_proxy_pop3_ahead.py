@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from conftest import daemon_env
+from conftest import failsync_env
 from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_pop3_helpers import (crlf, login_name, mailbox_create, proxy_login,
                                 recorded, retr, sample_messages,
@@ -249,13 +249,6 @@ def test_upstream_lost_while_reading_ahead(gateway, certs, test_ca):
     assert bodies(d, mb) == [crlf(msg1)]
 
 
-def _failsync():
-    so = os.path.join(os.environ["MG_BUILD_DIR"], "tests", "tools", ".libs",
-                      "failsync.so")
-    assert os.path.exists(so), "%s is missing: make check builds it" % so
-    return so
-
-
 @pytest.mark.watchdog(60)
 @pytest.mark.parametrize("at_once", [False, True])
 def test_store_failure_while_recording_ahead(gateway, dovecot, certs,
@@ -269,12 +262,7 @@ def test_store_failure_while_recording_ahead(gateway, dovecot, certs,
     dv.add(sample_messages(2, size=20000, tag="fs"))
     d = gateway(start=False, proxy=AHEAD)
     flag = str(tmp_path / "fail-now")
-    d.extra_env = {
-        "LD_PRELOAD": _failsync(),
-        "MG_FAILSYNC_FLAG": flag,
-        "ASAN_OPTIONS": daemon_env().get("ASAN_OPTIONS", "") +
-        ":verify_asan_link_order=0",
-    }
+    d.extra_env = failsync_env(flag)
     d.start()
     mb = mailbox_create(d)
     # message 1 recorded beforehand (DELE records it; RSET keeps it)

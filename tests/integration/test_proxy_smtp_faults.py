@@ -8,17 +8,10 @@ import smtplib
 
 import pytest
 
-from conftest import daemon_env
+from conftest import failsync_env
 from proxy_smtp_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_smtp_helpers import (copies, copy_body, login_name, mailbox_create,
                                 message, proxy_client)
-
-
-def _failsync():
-    so = os.path.join(os.environ["MG_BUILD_DIR"], "tests", "tools", ".libs",
-                      "failsync.so")
-    assert os.path.exists(so), "%s is missing: make check builds it" % so
-    return so
 
 
 @pytest.mark.watchdog(40)
@@ -27,12 +20,7 @@ def test_store_failure_sends_nothing_upstream(gateway, upstream, certs,
     up = upstream()
     d = gateway(start=False)
     flag = str(tmp_path / "fail-now")
-    d.extra_env = {
-        "LD_PRELOAD": _failsync(),
-        "MG_FAILSYNC_FLAG": flag,
-        "ASAN_OPTIONS": daemon_env().get("ASAN_OPTIONS", "") +
-        ":verify_asan_link_order=0",
-    }
+    d.extra_env = failsync_env(flag)
     d.start()
     mb = mailbox_create(d)
     msg = message("faults", size=20000)

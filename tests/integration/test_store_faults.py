@@ -9,15 +9,8 @@ reported as a temporary failure, never acknowledged; the store recovers
 import os
 import subprocess
 
-from conftest import daemon_env
+from conftest import daemon_env, shim_so
 from test_store_crash import init, run, tool
-
-
-def _failsync():
-    so = os.path.join(os.environ["MG_BUILD_DIR"], "tests", "tools", ".libs",
-                      "failsync.so")
-    assert os.path.exists(so), "%s is missing: make check builds it" % so
-    return so
 
 
 def test_fsync_eio_is_a_temporary_failure_then_recovers(tmp_path):
@@ -27,7 +20,7 @@ def test_fsync_eio_is_a_temporary_failure_then_recovers(tmp_path):
     flag = str(tmp_path / "fail-now")
     open(flag, "w").close()
     env = daemon_env()
-    env["LD_PRELOAD"] = _failsync()
+    env["LD_PRELOAD"] = shim_so("failsync")
     env["MG_FAILSYNC_FLAG"] = flag
     # libasan must come first unless told not to check (sanitized builds)
     env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"

@@ -44,7 +44,7 @@ import time
 
 import pytest
 
-from conftest import daemon_env, sanitizer_lines, tail
+from conftest import daemon_env, sanitizer_lines, shim_so, tail
 from powercut_replay import Replay, choose_all, choose_none, choose_random
 from test_store_crash import init, tool
 
@@ -53,13 +53,6 @@ RECORD_MAX_S = 5.0
 TORN_CUTS = 20
 RANDOM_VARIANTS = 2
 VERIFY_TIMEOUT_S = 30
-
-
-def _powerlog():
-    so = os.path.join(os.environ["MG_BUILD_DIR"], "tests", "tools", ".libs",
-                      "powerlog.so")
-    assert os.path.exists(so), "%s is missing: make check builds it" % so
-    return so
 
 
 def _count_acks(path):
@@ -78,7 +71,7 @@ def record(tmp_path, lie=False, want_acks=WANT_ACKS):
     log = str(tmp_path / "power.log")
     out = str(tmp_path / "stdout")
     env = daemon_env()
-    env["LD_PRELOAD"] = _powerlog()
+    env["LD_PRELOAD"] = shim_so("powerlog")
     env["MG_POWERLOG"] = log
     if lie:
         env["MG_POWERLOG_LIE"] = "1"
