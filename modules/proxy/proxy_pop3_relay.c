@@ -65,6 +65,17 @@ relay_capa(struct proxy_session *s)
     proxy_out_flush(s);
 }
 
+/* The client needs the upstream, which is gone: tell why, end the
+ * session. */
+static void
+upstream_gone(struct proxy_session *s)
+{
+    s->failures++;
+    proxy_out_reply(s, "-ERR [SYS/TEMP] The upstream %s",
+                    s->up_gone != NULL ? s->up_gone : "closed the connection");
+    proxy_session_kill(s, "upstream closed");
+}
+
 /* A command of the client's that the upstream answers. */
 static void
 up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
@@ -72,11 +83,7 @@ up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
 {
     s->cmd = cmd;
     if (s->up == NULL) {
-        s->failures++;
-        proxy_out_reply(s, "-ERR [SYS/TEMP] The upstream %s",
-                        s->up_gone != NULL ? s->up_gone
-                                           : "closed the connection");
-        proxy_session_kill(s, "upstream closed");
+        upstream_gone(s);
         return;
     }
     s->up_busy = true;
@@ -408,11 +415,7 @@ relay_pump(struct proxy_session *s)
                 return;
             }
             if (s->up == NULL) {
-                s->failures++;
-                proxy_out_reply(s, "-ERR [SYS/TEMP] The upstream %s",
-                                s->up_gone != NULL ? s->up_gone
-                                                   : "closed the connection");
-                proxy_session_kill(s, "upstream closed");
+                upstream_gone(s);
                 return;
             }
             if (s->blocked || !relay_client_line(s))

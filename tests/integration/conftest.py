@@ -411,6 +411,19 @@ class Daemon:
         self.stopped = (rc, elapsed)
         return self.stopped
 
+    def kill9(self):
+        """SIGKILL: a crash, with no drain and no cleanup."""
+        self.proc.kill()
+        self.proc.wait()
+        self.log_fd.close()
+
+    def restart(self):
+        """Start again on the same configuration and data directory after
+        stop() or kill9()."""
+        self.proc = None
+        self.stopped = None
+        self.start()
+
     def log(self):
         try:
             with open(self.logfile, "rb") as f:

@@ -35,18 +35,6 @@ ROUNDS = 15
 SIZES = (300, 3000, 30000, 150000)
 
 
-def kill9(d):
-    d.proc.kill()
-    d.proc.wait()
-    d.log_fd.close()
-
-
-def restart(d):
-    d.proc = None
-    d.stopped = None
-    d.start()
-
-
 def make_message(tag, rng):
     mid = "<%s-%s@sender.test>" % (tag, os.urandom(5).hex())
     size = rng.choice(SIZES)
@@ -121,12 +109,12 @@ def test_sigkill_while_smtp_clients_send(make_pop3, certs):
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.05, 0.6))
-        kill9(d)
+        d.kill9()
         stop.set()
         for t in threads:
             t.join(10)
             assert not t.is_alive()
-        restart(d)
+        d.restart()
         got = retrieve_all_and_delete(d, mb, certs)
         missing = acked - set(got)
         assert not missing, "round %d: %d acknowledged messages missing" % (
@@ -169,9 +157,9 @@ def test_kill_before_quit_ok_deletes_nothing(make_pop3, certs):
 
     # killed before QUIT
     p = session_with_deletes(d, mb, certs, msgs)
-    kill9(d)
+    d.kill9()
     p.close()
-    restart(d)
+    d.restart()
     assert mailbox_messages(d, mb) == 5
     check_intact(d, mb, certs, msgs)
 
@@ -180,10 +168,10 @@ def test_kill_before_quit_ok_deletes_nothing(make_pop3, certs):
     d.proc.send_signal(signal.SIGSTOP)
     p.sock.sendall(b"QUIT\r\n")
     time.sleep(0.05)
-    kill9(d)
+    d.kill9()
     assert p.file.readline() == b""
     p.close()
-    restart(d)
+    d.restart()
     assert mailbox_messages(d, mb) == 5
     check_intact(d, mb, certs, msgs)
 
@@ -195,13 +183,13 @@ def test_kill_before_quit_ok_deletes_nothing(make_pop3, certs):
         p = session_with_deletes(d, mb, certs, msgs)
         p.sock.sendall(b"QUIT\r\n")
         time.sleep(rng.uniform(0, 0.004))
-        kill9(d)
+        d.kill9()
         try:
             reply = p.file.readline()
         except OSError:
             reply = b""
         p.close()
-        restart(d)
+        d.restart()
         left = mailbox_messages(d, mb)
         if reply.startswith(b"+OK"):
             assert left == 0, reply

@@ -19,18 +19,6 @@ from proxy_smtp_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_smtp_helpers import (copies, copy_body, login_name, mailbox_create,
                                 message, proxy_client, settled, store_stat)
 
-def kill9(d):
-    d.proc.kill()
-    d.proc.wait()
-    d.log_fd.close()
-
-
-def restart(d):
-    d.proc = None
-    d.stopped = None
-    d.start()
-
-
 def test_one_at_a_time_published_with_fewer_commits(gateway, upstream,
                                                      certs):
     n = 10
@@ -91,14 +79,14 @@ def test_sigkill_right_after_250_keeps_the_copy(gateway, upstream, certs):
         msg = message("settle-kill-%d" % i, size=5000 + 20000 * i)
         assert s.sendmail("alice@upstream.test", ["bob@example.org"],
                           msg) == {}
-        kill9(d)
+        d.kill9()
         s.close()
         sent.append(msg)
         st = store_stat(d, mb)
         # held (the publish was not on disk yet) or already visible
         assert st["held"] + st["visible"] == len(sent), st
         assert st["writing"] == 0, st
-        restart(d)
+        d.restart()
         # the next start publishes a held copy flagged unconfirmed (it
         # cannot know whether the upstream has it)
         want = st["unconfirmed"] + st["held"]
