@@ -457,6 +457,34 @@ test_tamper_v1(void **state)
     t_tamper(MG_VAULT_ALG_V1);
 }
 
+
+/* Bare libsodium reads the two chunks "hello", "world" (FINAL) of a
+ * stream under key with associated data ad. */
+static void
+pull_hello_world(const uint8_t header[MG_VAULT_HEADER], const uint8_t *key,
+                 uint8_t c[2][5 + MG_VAULT_ABYTES], const uint8_t *ad,
+                 size_t adlen)
+{
+    crypto_secretstream_xchacha20poly1305_state st;
+    unsigned char tag;
+    uint8_t out[5];
+
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_init_pull(&st, header, key), 0);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_pull(
+            &st, out, NULL, &tag, c[0], 5 + MG_VAULT_ABYTES, ad, adlen),
+        0);
+    assert_memory_equal(out, "hello", 5);
+    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
+    assert_int_equal(
+        crypto_secretstream_xchacha20poly1305_pull(
+            &st, out, NULL, &tag, c[1], 5 + MG_VAULT_ABYTES, ad, adlen),
+        0);
+    assert_memory_equal(out, "world", 5);
+    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+}
+
 /* The stored format, pinned with bare libsodium: the message key is a
  * sealed box to the mailbox pk, the chunks a secretstream whose AD is
  * mailbox id, NUL, message id as 8 bytes big-endian. */
@@ -468,10 +496,8 @@ test_wire_format_v1(void **state)
     uint8_t pk[crypto_box_PUBLICKEYBYTES], sk[crypto_box_SECRETKEYBYTES];
     uint8_t sealed[MG_VAULT_SEALED_KEY], header[MG_VAULT_HEADER];
     uint8_t mkey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
-    uint8_t c[2][5 + MG_VAULT_ABYTES], out[5];
-    crypto_secretstream_xchacha20poly1305_state st;
+    uint8_t c[2][5 + MG_VAULT_ABYTES];
     struct mg_vault_enc *e;
-    unsigned char tag;
 
     (void)state;
     crypto_box_keypair(pk, sk);
@@ -484,20 +510,7 @@ test_wire_format_v1(void **state)
 
     assert_int_equal(crypto_box_seal_open(mkey, sealed, sizeof(sealed), pk, sk),
                      0);
-    assert_int_equal(
-        crypto_secretstream_xchacha20poly1305_init_pull(&st, header, mkey), 0);
-    assert_int_equal(
-        crypto_secretstream_xchacha20poly1305_pull(
-            &st, out, NULL, &tag, c[0], sizeof(c[0]), ad, sizeof(ad)),
-        0);
-    assert_memory_equal(out, "hello", 5);
-    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
-    assert_int_equal(
-        crypto_secretstream_xchacha20poly1305_pull(
-            &st, out, NULL, &tag, c[1], sizeof(c[1]), ad, sizeof(ad)),
-        0);
-    assert_memory_equal(out, "world", 5);
-    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+    pull_hello_world(header, mkey, c, ad, sizeof(ad));
 
     /* a low-order public key (a corrupt record) is refused, not used */
     memset(pk, 0, sizeof(pk));
@@ -517,11 +530,9 @@ test_wire_format(void **state)
     uint8_t epk[MG_VAULT_PK_BYTES], header[MG_VAULT_HEADER];
     uint8_t shared[crypto_scalarmult_BYTES], check[MG_VAULT_PK_BYTES];
     uint8_t skey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
-    uint8_t c[2][5 + MG_VAULT_ABYTES], out[5];
-    crypto_secretstream_xchacha20poly1305_state st;
+    uint8_t c[2][5 + MG_VAULT_ABYTES];
     crypto_generichash_state h;
     struct mg_vault_enc *e;
-    unsigned char tag;
 
     (void)state;
     crypto_box_keypair(pk, sk);
@@ -545,20 +556,7 @@ test_wire_format(void **state)
     crypto_generichash_final(&h, skey, sizeof(skey));
     /* never the raw X25519 output */
     assert_memory_not_equal(skey, shared, sizeof(skey));
-    assert_int_equal(
-        crypto_secretstream_xchacha20poly1305_init_pull(&st, header, skey), 0);
-    assert_int_equal(
-        crypto_secretstream_xchacha20poly1305_pull(
-            &st, out, NULL, &tag, c[0], sizeof(c[0]), ad, sizeof(ad)),
-        0);
-    assert_memory_equal(out, "hello", 5);
-    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_MESSAGE);
-    assert_int_equal(
-        crypto_secretstream_xchacha20poly1305_pull(
-            &st, out, NULL, &tag, c[1], sizeof(c[1]), ad, sizeof(ad)),
-        0);
-    assert_memory_equal(out, "world", 5);
-    assert_int_equal(tag, crypto_secretstream_xchacha20poly1305_TAG_FINAL);
+    pull_hello_world(header, skey, c, ad, sizeof(ad));
 
     /* a low-order public key (a corrupt record) is refused, not used */
     memset(pk, 0, sizeof(pk));
