@@ -128,7 +128,8 @@ EXTRA_DIST += tests/fuzz/run-corpus-session.sh
 
 # the libFuzzer build: the modules with coverage (fuzzer-no-link), the
 # core, the store and the harness in one binary
-MG_FUZZ_CC = clang -g -O1 -fsanitize=address,undefined -DMG_LIBFUZZER \
+MG_FUZZ_CC = clang -g -O1 -fsanitize=address,undefined \
+	-fno-sanitize-recover=undefined -DMG_LIBFUZZER \
 	-I$(top_builddir) -I$(top_builddir)/include -I$(top_srcdir)/include
 # the .c files of a source list, under top_srcdir
 MG_FUZZ_C = sh -c 'for f; do case $$f in *.c) echo "$$0/$$f";; esac; done' \
