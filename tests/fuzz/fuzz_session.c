@@ -54,6 +54,7 @@
 #include "store.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 struct ev_loop *mg_loop;
 
@@ -670,6 +671,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     else
         fs_check_pop3(fs_out, fs_outlen);
     fs_mailbox_reset();
+    return 0;
+}
+
+/* libFuzzer: the modules are loaded before fuzzing starts, so that their
+ * coverage counters are known from the first input */
+int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    fs_start();
     return 0;
 }
 
