@@ -75,7 +75,9 @@ mg_buf_len(const struct mg_buf *b)
 static inline const char *
 mg_buf_data(const struct mg_buf *b)
 {
-    return b->data + b->start;
+    /* a buffer that never held data has no storage: NULL + 0 is undefined
+     * (found by tests/fuzz/fuzz_session: peek before the first read) */
+    return b->data != NULL ? b->data + b->start : NULL;
 }
 void mg_buf_append(struct mg_buf *b, const void *data, size_t len);
 /** Room for at least `min` more bytes at the end; returns the write

@@ -850,6 +850,12 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
     return MG_OK;
 }
 
+struct mg_store *
+mg_store_api_store(void)
+{
+    return ma_store;
+}
+
 const struct mg_store_api *
 mg_store_api_get(void)
 {

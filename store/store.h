@@ -523,6 +523,9 @@ struct mg_store_api;
 
 /** Open the store of the daemon (<data_dir>/store) and the vault. */
 int mg_store_api_open(const struct mg_settings *s, const char **error_r);
+/** The store behind the table (tests: tests/fuzz/fuzz_session.c seeds
+ * and resets its mailbox); NULL before mg_store_api_open. */
+struct mg_store *mg_store_api_store(void);
 /** The table for modules; NULL before mg_store_api_open. */
 const struct mg_store_api *mg_store_api_get(void);
 /** Finish queued writes and close (completions are posted to the loop). */

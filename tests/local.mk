@@ -108,3 +108,48 @@ EXTRA_DIST += tests/run-all.sh tests/cppcheck.cfg tests/quickstart_smoke.py \
 	tests/modules/Makefile.ext tests/modules/testline.c tests/modules/hooktest.c \
 	tests/modules/pop3hook.c \
 	tests/integration
+
+# whole SMTP and POP3 sessions through the core, the store and the real
+# modules (dlopen'd from the build tree). The store is compiled in with
+# MG_FUZZ_KDF_MIN (Argon2id at its minimum). `make check` replays the seed
+# corpus; `make fuzz-session` builds the libFuzzer binary with clang
+MG_FUZZ_STORE_SOURCES = store/vault.c store/codec.c store/store.c \
+	store/records.c store/message.c store/dedup.c store/module_api.c
+check_PROGRAMS += tests/fuzz/fuzz_session
+TESTS += tests/fuzz/run-corpus-session.sh
+tests_fuzz_fuzz_session_SOURCES = tests/fuzz/fuzz_session.c \
+	$(MG_FUZZ_STORE_SOURCES)
+tests_fuzz_fuzz_session_CPPFLAGS = $(AM_CPPFLAGS) -DMG_FUZZ_KDF_MIN \
+	-DMG_FUZZ_SMTP_SO='"$(abs_top_builddir)/modules/smtp/.libs/smtp.so"' \
+	-DMG_FUZZ_POP3_SO='"$(abs_top_builddir)/modules/pop3/.libs/pop3.so"'
+tests_fuzz_fuzz_session_CFLAGS = $(MG_TOOL_CFLAGS)
+tests_fuzz_fuzz_session_LDADD = libmgcore.la $(SODIUM_LIBS) $(LMDB_LIBS)
+EXTRA_DIST += tests/fuzz/run-corpus-session.sh
+
+# the libFuzzer build: the modules with coverage (fuzzer-no-link), the
+# core, the store and the harness in one binary
+MG_FUZZ_CC = clang -g -O1 -fsanitize=address,undefined \
+	-fno-sanitize-recover=undefined -DMG_LIBFUZZER \
+	-I$(top_builddir) -I$(top_builddir)/include -I$(top_srcdir)/include
+# the .c files of a source list, under top_srcdir
+MG_FUZZ_C = sh -c 'for f; do case $$f in *.c) echo "$$0/$$f";; esac; done' \
+	$(top_srcdir)
+fuzz-session:
+	$(MKDIR_P) tests/fuzz/session
+	$(MG_FUZZ_CC) -fsanitize=fuzzer-no-link -fPIC -shared \
+	  -I$(top_srcdir)/modules/smtp \
+	  `$(MG_FUZZ_C) $(modules_smtp_smtp_la_SOURCES)` \
+	  -o tests/fuzz/session/smtp.so
+	$(MG_FUZZ_CC) -fsanitize=fuzzer-no-link -fPIC -shared \
+	  -I$(top_srcdir)/modules/pop3 \
+	  `$(MG_FUZZ_C) $(modules_pop3_pop3_la_SOURCES)` \
+	  -o tests/fuzz/session/pop3.so
+	$(MG_FUZZ_CC) -fsanitize=fuzzer -DMG_FUZZ_KDF_MIN \
+	  -DMG_FUZZ_SMTP_SO='"$(abs_top_builddir)/tests/fuzz/session/smtp.so"' \
+	  -DMG_FUZZ_POP3_SO='"$(abs_top_builddir)/tests/fuzz/session/pop3.so"' \
+	  $(MG_CPPFLAGS) $(OPENSSL_CFLAGS) $(SODIUM_CFLAGS) $(LIBCONFIG_CFLAGS) \
+	  $(LMDB_CFLAGS) $(top_srcdir)/tests/fuzz/fuzz_session.c \
+	  `$(MG_FUZZ_C) $(libmgcore_la_SOURCES) $(MG_FUZZ_STORE_SOURCES)` \
+	  $(EV_LIBS) $(OPENSSL_LIBS) $(SODIUM_LIBS) $(LIBCONFIG_LIBS) \
+	  $(LMDB_LIBS) -ldl -lpthread -o tests/fuzz/fuzz_session_libfuzzer
+.PHONY: fuzz-session

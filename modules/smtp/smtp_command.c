@@ -42,6 +42,7 @@ smtp_ehlo_cont(struct smtp_session *s, enum mg_verdict v)
     const char *lines[SMTP_CAPS_MAX + 1];
     struct mg_reply r = {.code = 250};
     size_t n = 0;
+    bool esmtp;
 
     if (v == MG_TEMPFAIL) {
         smtp_reply_hook(s, v, 0, 451, "4.3.0",
@@ -52,11 +53,14 @@ smtp_ehlo_cont(struct smtp_session *s, enum mg_verdict v)
         smtp_reply_hook(s, v, 0, 550, "5.7.1", "Refused");
         return;
     }
+    /* read the hook data first: in a BDAT transaction the reset runs
+     * smtp.data.end, whose data shares s->h (tests/fuzz/fuzz_session) */
+    esmtp = s->h.ehlo.esmtp;
     smtp_txn_reset(s);
     free(s->helo);
     s->helo = s->pend_name;
     s->pend_name = NULL;
-    s->esmtp = s->h.ehlo.esmtp;
+    s->esmtp = esmtp;
     lines[n++] = s->st->hostname;
     if (s->esmtp) {
         for (size_t i = 0; s->caps[i] != NULL; i++)
