@@ -118,6 +118,7 @@ MG_FUZZ_STORE_SOURCES = store/vault.c store/codec.c store/store.c \
 check_PROGRAMS += tests/fuzz/fuzz_session
 TESTS += tests/fuzz/run-corpus-session.sh
 tests_fuzz_fuzz_session_SOURCES = tests/fuzz/fuzz_session.c \
+	tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_replay.h \
 	$(MG_FUZZ_STORE_SOURCES)
 tests_fuzz_fuzz_session_CPPFLAGS = $(AM_CPPFLAGS) -DMG_FUZZ_KDF_MIN \
 	-DMG_FUZZ_SMTP_SO='"$(abs_top_builddir)/modules/smtp/.libs/smtp.so"' \

@@ -29,6 +29,7 @@ endif
 check_PROGRAMS += tests/fuzz/fuzz_pop3
 TESTS += tests/fuzz/run-corpus-pop3.sh
 tests_fuzz_fuzz_pop3_SOURCES = tests/fuzz/fuzz_pop3.c \
+	tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_replay.h \
 	modules/pop3/pop3_parse.c
 tests_fuzz_fuzz_pop3_CPPFLAGS = $(modules_pop3_pop3_la_CPPFLAGS)
 EXTRA_DIST += tests/fuzz/run-corpus-pop3.sh

@@ -43,6 +43,7 @@ endif
 check_PROGRAMS += tests/fuzz/fuzz_proxy_target
 TESTS += tests/fuzz/run-corpus-proxy.sh
 tests_fuzz_fuzz_proxy_target_SOURCES = tests/fuzz/fuzz_proxy_target.c \
+	tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_replay.h \
 	modules/proxy/proxy_target.c
 tests_fuzz_fuzz_proxy_target_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
 EXTRA_DIST += tests/fuzz/run-corpus-proxy.sh

@@ -40,6 +40,7 @@ endif
 check_PROGRAMS += tests/fuzz/fuzz_smtp
 TESTS += tests/fuzz/run-corpus.sh
 tests_fuzz_fuzz_smtp_SOURCES = tests/fuzz/fuzz_smtp.c \
+	tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_replay.h \
 	modules/smtp/smtp_parse.c modules/smtp/smtp_data.c
 tests_fuzz_fuzz_smtp_CPPFLAGS = $(modules_smtp_smtp_la_CPPFLAGS)
 EXTRA_DIST += tests/fuzz/run-corpus.sh tests/fuzz/corpus

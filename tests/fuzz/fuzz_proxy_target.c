@@ -16,8 +16,8 @@
 #include <string.h>
 
 #include "proxy_target.h"
+#include "fuzz_replay.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define FUZZ_CHECK(c)                                                        \
     do {                                                                     \
@@ -90,19 +90,6 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 int
 main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        FILE *f = fopen(argv[i], "rb");
-        static uint8_t buf[1 << 16];
-        size_t n;
-
-        if (f == NULL) {
-            perror(argv[i]);
-            return 1;
-        }
-        n = fread(buf, 1, sizeof(buf), f);
-        (void)fclose(f);
-        (void)LLVMFuzzerTestOneInput(buf, n);
-    }
-    return 0;
+    return fuzz_replay_files(argc, argv);
 }
 #endif

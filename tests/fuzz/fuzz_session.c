@@ -52,8 +52,8 @@
 
 #include "mg.h"
 #include "store.h"
+#include "fuzz_replay.h"
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 struct ev_loop *mg_loop;
@@ -689,35 +689,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 int
 main(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        FILE *f = fopen(argv[i], "rb");
-        uint8_t *buf = NULL;
-        size_t len = 0, cap = 0, n;
+    int r = fuzz_replay_files(argc, argv);
 
-        if (f == NULL) {
-            perror(argv[i]); /* NOLINT(cert-err33-c) */
-            return 1;
-        }
-        do {
-            if (cap - len < 4096) {
-                cap = cap ? 2 * cap : 65536;
-                buf = realloc(buf, cap);
-                if (buf == NULL)
-                    abort();
-            }
-            n = fread(buf + len, 1, cap - len, f);
-            len += n;
-        } while (n > 0);
-        if (ferror(f)) {
-            perror(argv[i]); /* NOLINT(cert-err33-c) */
-            return 1;
-        }
-        (void)fclose(f);
-        LLVMFuzzerTestOneInput(buf, len);
-        free(buf);
-    }
     if (fs_gen != NULL)
         fs_stop();
-    return 0;
+    return r;
 }
 #endif
