@@ -2,7 +2,7 @@
 man8_MANS += doc/man/mailgated.8 doc/man/mailgatectl.8
 EXTRA_DIST += $(man8_MANS)
 dist_doc_DATA += README.md doc/modules.md doc/hooks.md doc/security.md \
-	doc/administration.md doc/configuration.md doc/mailgate.conf.example
+	doc/administration.md doc/configuration.md doc/journaling.md doc/mailgate.conf.example
 
 ## the systemd unit, with this build's paths
 if MG_SYSTEMD_UNIT

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -221,6 +222,31 @@ smtp_rcpt_release(struct smtp_session *s)
     s->pend_mbox = NULL;
 }
 
+/* A refused recipient: the reply, and a log line that tells the
+ * administrator why a sender's copies bounce (the mailbox id of a known
+ * mailbox; the address only with log_addresses). */
+static void
+smtp_rcpt_refuse(struct smtp_session *s, int code, const char *ecode,
+                 const char *text)
+{
+    char who[SMTP_PATH_MAX + 1];
+
+    if (s->st->log_addresses && s->pend_name != NULL)
+        smtp_clean(who, sizeof(who), s->pend_name, strlen(s->pend_name));
+    else if (s->pend_have_info)
+        snprintf(who, sizeof(who), "mailbox %s", s->pend_info.id);
+    else
+        snprintf(who, sizeof(who), "%s",
+                 s->pend_mbox != NULL ? "an unknown mailbox"
+                                      : "another domain");
+    smtp_log(s, MG_LOG_INFO, "recipient refused (%s): %d %s %s", who, code,
+             ecode, text);
+    if (code >= 500)
+        smtp_error(s, code, ecode, text);
+    else
+        smtp_reply(s, code, ecode, "%s", text);
+}
+
 static void
 smtp_rcpt_cont(struct smtp_session *s, enum mg_verdict v)
 {
@@ -247,17 +273,18 @@ smtp_rcpt_cont(struct smtp_session *s, enum mg_verdict v)
         break;
     }
     if (s->pend_mbox == NULL) {
-        smtp_error(s, 550, "5.7.1", "Relaying denied");
+        smtp_rcpt_refuse(s, 550, "5.7.1", "Relaying denied");
     } else if (!s->st->local_delivery) {
-        smtp_error(s, 550, "5.7.1", "Local delivery is disabled");
+        smtp_rcpt_refuse(s, 550, "5.7.1", "Local delivery is disabled");
     } else if (smtp_api->store == NULL) {
         smtp_reply(s, 451, "4.3.0", "Mailbox lookup failed, try again later");
     } else if (mi == NULL) {
-        smtp_error(s, 550, "5.1.1", "Mailbox unknown");
+        smtp_rcpt_refuse(s, 550, "5.1.1", "Mailbox unknown");
     } else if (!mi->active) {
-        smtp_reply(s, 450, "4.2.1", "Mailbox suspended, try again later");
+        smtp_rcpt_refuse(s, 450, "4.2.1", "Mailbox suspended, try again later");
     } else if (!mi->accept_journal) {
-        smtp_error(s, 550, "5.7.1", "Mailbox does not accept journal mail");
+        smtp_rcpt_refuse(s, 550, "5.7.1",
+                         "Mailbox does not accept journal mail");
     } else {
         bool net_ok = mi->nnetworks == 0;
         const char *neterr = NULL; /* networks are checked when set */
@@ -267,9 +294,9 @@ smtp_rcpt_cont(struct smtp_session *s, enum mg_verdict v)
                                          (const struct sockaddr *)&p->sa,
                                          &neterr) == 1;
         if (!net_ok)
-            smtp_error(s, 550, "5.7.1", "Sender network not allowed");
+            smtp_rcpt_refuse(s, 550, "5.7.1", "Sender network not allowed");
         else if (mi->require_tls && !p->tls)
-            smtp_error(s, 550, "5.7.1", "TLS required for this mailbox");
+            smtp_rcpt_refuse(s, 550, "5.7.1", "TLS required for this mailbox");
         else
             ok = true;
     }

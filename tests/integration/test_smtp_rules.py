@@ -426,3 +426,29 @@ def test_mailbox_require_tls(make_smtp, certs):
     c.expect("RCPT TO:<%s>" % addr(mb), 250)
     c.data(sample_message("tls"))
     assert len(mg_dump(d, mb)) == 1
+
+
+def test_refused_recipients_are_logged_with_the_reason(make_smtp, certs):
+    """Every refused RCPT leaves a log line with the reply and the mailbox
+    id, so that an administrator sees why a sender's copies bounce; the
+    addresses themselves stay out of the log (log_addresses is off)."""
+    d = make_smtp()
+    mb = mailbox_create(d)
+    _edit(d, mb, "--sender-networks", "10.0.0.0/8")
+    c = session(d.smtp_port, certs)
+    c.expect("MAIL FROM:<alice@sender.test>", 250)
+    c.expect("RCPT TO:<%s>" % addr(mb), 550, "5.7.1")
+    d.wait_log(r"recipient refused \(mailbox %s\): 550 5\.7\.1 Sender "
+               r"network not allowed" % mb["id"])
+    c.expect("RCPT TO:<nosuchmailbox123@%s>" % SMTP_DOMAIN, 550, "5.1.1")
+    d.wait_log(r"recipient refused \(an unknown mailbox\): 550 5\.1\.1")
+    c.expect("RCPT TO:<bob@remote.test>", 550, "5.7.1")
+    d.wait_log(r"recipient refused \(another domain\): 550 5\.7\.1 "
+               r"Relaying denied")
+    _edit(d, mb, "--sender-networks", "any")
+    mailbox_status(d, mb["id"], "suspended")
+    c.expect("RCPT TO:<%s>" % addr(mb), 450, "4.2.1")
+    d.wait_log(r"recipient refused \(mailbox %s\): 450 4\.2\.1" % mb["id"])
+    log = d.log()
+    assert "remote.test" not in log and "sender.test" not in log
+    assert "nosuchmailbox123" not in log
