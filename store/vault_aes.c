@@ -74,6 +74,24 @@ aes_iv(uint8_t iv[AES_IVBYTES], uint64_t i)
         iv[4 + k] = (uint8_t)(i >> (56 - 8 * k));
 }
 
+/* One GCM operation under the context's key: nonce iv, then the AD, then
+ * len bytes of in to out; *outlen what the update wrote. 0 or -1. */
+static int
+aes_begin(EVP_CIPHER_CTX *c, const uint8_t iv[AES_IVBYTES], const uint8_t *ad,
+          size_t adlen, const uint8_t *in, size_t len, uint8_t *out,
+          int *outlen)
+{
+    int n = 0;
+
+    *outlen = 0;
+    if (EVP_CipherInit_ex2(c, NULL, NULL, iv, -1, NULL) != 1 ||
+        EVP_CipherUpdate(c, NULL, &n, ad, (int)adlen) != 1)
+        return -1;
+    if (len > 0 && EVP_CipherUpdate(c, out, outlen, in, (int)len) != 1)
+        return -1;
+    return 0;
+}
+
 void
 mg_vault_aes_seal(EVP_CIPHER_CTX *c, uint64_t i, uint8_t flags, uint8_t *ad,
                   size_t adlen, const uint8_t *in, size_t len, uint8_t *out)
@@ -86,10 +104,7 @@ mg_vault_aes_seal(EVP_CIPHER_CTX *c, uint64_t i, uint8_t flags, uint8_t *ad,
     out[0] = flags;
     /* a keyed GCM context cannot fail here short of memory corruption;
      * going on would store what nobody can read */
-    if (EVP_EncryptInit_ex2(c, NULL, NULL, iv, NULL) != 1 ||
-        EVP_EncryptUpdate(c, NULL, &n, ad, (int)adlen + 1) != 1 ||
-        (n = 0,
-         len > 0 && EVP_EncryptUpdate(c, out + 1, &n, in, (int)len) != 1) ||
+    if (aes_begin(c, iv, ad, adlen + 1, in, len, out + 1, &n) != 0 ||
         EVP_EncryptFinal_ex(c, out + 1 + n, &m) != 1 ||
         (size_t)(n + m) != len ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, MG_VAULT_AES_TAGBYTES,
@@ -110,10 +125,7 @@ mg_vault_aes_open(EVP_CIPHER_CTX *c, uint64_t i, uint8_t *ad, size_t adlen,
         return -1; /* a flag this version does not know */
     aes_iv(iv, i);
     ad[adlen] = in[0];
-    if (EVP_DecryptInit_ex2(c, NULL, NULL, iv, NULL) != 1 ||
-        EVP_DecryptUpdate(c, NULL, &n, ad, (int)adlen + 1) != 1 ||
-        (n = 0,
-         clen > 0 && EVP_DecryptUpdate(c, out, &n, in + 1, (int)clen) != 1) ||
+    if (aes_begin(c, iv, ad, adlen + 1, in + 1, clen, out, &n) != 0 ||
         EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_SET_TAG, MG_VAULT_AES_TAGBYTES,
                             (void *)(in + 1 + clen)) != 1 ||
         EVP_DecryptFinal_ex(c, out + n, &m) != 1 || (size_t)(n + m) != clen) {
