@@ -30,6 +30,9 @@ static const char *const cfg_log_levels[] = {"error", "warning", "info",
 static const char *const cfg_log_targets[] = {"stderr", "syslog", NULL};
 static const char *const cfg_tls_modes[] = {"none", "starttls", "implicit",
                                             NULL};
+/* in the order of enum mg_store_cipher */
+static const char *const cfg_store_ciphers[] = {"auto", "aes256gcm",
+                                                "xchacha20poly1305", NULL};
 
 static const struct mg_setting cfg_top_schema[] = {
     {.name = "data_dir", .type = MG_SET_STRING},
@@ -64,6 +67,7 @@ static const struct mg_setting cfg_store_schema[] = {
      .max = 16LL << 40},
     {.name = "reserve", .type = MG_SET_INT, .min = 0, .max = 1LL << 40},
     {.name = "sender_key_lifetime", .type = MG_SET_INT, .min = 0, .max = 3600},
+    {.name = "cipher", .type = MG_SET_STRING, .choices = cfg_store_ciphers},
     {.name = NULL},
 };
 
@@ -834,6 +838,14 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     s->store_reserve = (uint64_t)mg_cfg_int(m, "reserve", 64LL << 20);
     s->store_sender_key_lifetime =
         (unsigned)mg_cfg_int(m, "sender_key_lifetime", 60);
+    {
+        const char *c = mg_cfg_string(m, "cipher", "auto");
+
+        s->store_cipher = MG_CIPHER_AUTO;
+        for (size_t i = 0; cfg_store_ciphers[i] != NULL; i++)
+            if (strcmp(c, cfg_store_ciphers[i]) == 0)
+                s->store_cipher = (enum mg_store_cipher)i;
+    }
     if (s->store_reserve * 10 > s->store_map_size)
         return cfg_fail(error_r, config_setting_get_member(m, "reserve"),
                         "reserve must be at most a tenth of map_size");

@@ -152,6 +152,13 @@ int mg_proxyv2_parse(const void *data, size_t len, struct mg_proxy_info *info,
 
 /* --------------------------------------------------------------- cfg.c */
 
+/** store.cipher: which encryption scheme new messages get. */
+enum mg_store_cipher {
+    MG_CIPHER_AUTO = 0,          /* AES-256-GCM where the CPU has AES */
+    MG_CIPHER_AES256GCM = 1,     /* scheme 3 */
+    MG_CIPHER_XCHACHA20POLY1305, /* scheme 2 */
+};
+
 /** Top-level settings of one configuration generation. */
 struct mg_settings {
     char *file;         /* the config file as given */
@@ -176,6 +183,7 @@ struct mg_settings {
     uint64_t store_map_size;            /* bytes (sparse) */
     uint64_t store_reserve;             /* bytes kept for deletions */
     unsigned store_sender_key_lifetime; /* seconds; 0: one per message */
+    enum mg_store_cipher store_cipher;  /* the chunk cipher of new mail */
 };
 
 /** A parsed and checked configuration file. */

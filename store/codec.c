@@ -385,9 +385,9 @@ mg_codec_msg_encode(const struct mg_msg_header *h, struct mg_buf *out)
     codec_put_u64(out, h->received);
     codec_put_u64(out, h->size);
     codec_put_u32(out, h->nchunks);
-    /* the message key's part: E for scheme 2, the sealed key otherwise
-     * (scheme 1; readers refuse other schemes) */
-    if (h->alg == MG_VAULT_ALG_V2)
+    /* the message key's part: E for schemes 2 and 3, the sealed key
+     * otherwise (scheme 1; readers refuse other schemes) */
+    if (h->alg == MG_VAULT_ALG_V2 || h->alg == MG_VAULT_ALG_V3)
         mg_buf_append(out, h->epk, sizeof(h->epk));
     else
         mg_buf_append(out, h->sealed_key, sizeof(h->sealed_key));
@@ -406,7 +406,7 @@ mg_codec_msg_decode(const void *data, size_t len, struct mg_msg_header *h,
         codec_get_u8(&in, &h->alg) && codec_get_u8(&in, &h->flags) &&
         codec_get_u64(&in, &h->received) && codec_get_u64(&in, &h->size) &&
         codec_get_u32(&in, &h->nchunks) &&
-        (h->alg == MG_VAULT_ALG_V2
+        (h->alg == MG_VAULT_ALG_V2 || h->alg == MG_VAULT_ALG_V3
              ? codec_get_bytes(&in, h->epk, sizeof(h->epk))
              : codec_get_bytes(&in, h->sealed_key, sizeof(h->sealed_key))) &&
         codec_get_bytes(&in, h->header, sizeof(h->header)) &&

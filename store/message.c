@@ -656,11 +656,11 @@ mg_store_writer_begin_ids(struct mg_store *st, const char *const *mailbox_ids,
                  mailbox_ids[i]);
         w->ids[i] = ids[i];
         w->hdr[i].state = MG_MSG_WRITING;
-        w->hdr[i].alg = MG_VAULT_ALG_V2;
+        w->hdr[i].alg = mg_store_alg(st);
         w->hdr[i].received = (uint64_t)time(NULL);
-        w->enc[i] =
-            mg_vault_enc_begin(mg_store_senders(st), pk[i], w->mailbox_ids[i],
-                               w->ids[i], w->hdr[i].epk, w->hdr[i].header);
+        w->enc[i] = mg_vault_enc_begin(
+            mg_store_senders(st), pk[i], w->hdr[i].alg, w->mailbox_ids[i],
+            w->ids[i], w->hdr[i].epk, w->hdr[i].header);
         if (w->enc[i] == NULL) {
             /* a public key that cannot be sealed to: a damaged record */
             free(pk);
@@ -1016,7 +1016,8 @@ mg_store_reader_open(struct mg_store *st, const struct mg_vault_key *key,
         goto fail;
     }
     rc = MG_ERROR;
-    if ((r->h.alg != MG_VAULT_ALG_V1 && r->h.alg != MG_VAULT_ALG_V2) ||
+    if ((r->h.alg != MG_VAULT_ALG_V1 && r->h.alg != MG_VAULT_ALG_V2 &&
+         r->h.alg != MG_VAULT_ALG_V3) ||
         r->h.nchunks < 2) {
         *error_r = msg_error("message %" PRIu64 ": bad header", msg_id);
         goto fail;

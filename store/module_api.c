@@ -809,6 +809,10 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
         .sender_key_lifetime = s->store_sender_key_lifetime > 0
                                    ? (int)s->store_sender_key_lifetime
                                    : -1,
+        .alg = s->store_cipher == MG_CIPHER_AES256GCM ? MG_VAULT_ALG_V3
+               : s->store_cipher == MG_CIPHER_XCHACHA20POLY1305
+                   ? MG_VAULT_ALG_V2
+                   : 0, /* auto */
     };
     char *dir = mg_xasprintf("%s/store", s->data_dir);
     uint64_t ops, mem;

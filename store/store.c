@@ -30,10 +30,11 @@
 #include "store.h"
 
 /* 2: counters in their own database, chunks sized to whole pages;
- * 3: messages of encryption scheme 2 (a store of format 2 is read as it
- * is and upgraded by the first process that opens it for writing, so
- * that an older mailgated refuses it instead of failing per message) */
-#define STORE_FORMAT      3
+ * 3: messages of encryption scheme 2; 4: of scheme 3. A store of an older
+ * format is read as it is and upgraded by the first process that opens
+ * it for writing, so that an older mailgated refuses it instead of
+ * failing per message. */
+#define STORE_FORMAT      4
 #define STORE_FORMAT_READ 2 /* the oldest format read */
 #define STORE_MAP_DEFAULT (64ULL << 30)
 #define STORE_RESERVE_DEF (64ULL << 20)
@@ -70,6 +71,7 @@ struct mg_store {
     bool read_only;
     char epoch[17];
     struct mg_vault_senders *senders; /* scheme 2 sender keys */
+    uint8_t alg;                      /* the scheme new messages get */
 
     /* env and dbs change only under envlock held exclusively (reopen) */
     pthread_rwlock_t envlock;
@@ -286,6 +288,12 @@ struct mg_vault_senders *
 mg_store_senders(struct mg_store *st)
 {
     return st->senders;
+}
+
+uint8_t
+mg_store_alg(const struct mg_store *st)
+{
+    return st->alg;
 }
 
 /* Format and epoch: checked on every open, created with the store. */
@@ -955,6 +963,18 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
     st->reserve = cfg->reserve;
     st->batch_ops = cfg->batch_ops ? cfg->batch_ops : STORE_BATCH_OPS;
     st->read_only = cfg->read_only;
+    st->alg = cfg->alg != 0 ? cfg->alg : mg_vault_alg_auto();
+    if (!mg_vault_alg_writable(st->alg)) {
+        *error_r = store_error("encryption scheme %u (%s) is not available "
+                               "here%s",
+                               st->alg, mg_vault_alg_cipher(st->alg),
+                               st->alg == MG_VAULT_ALG_V3
+                                   ? ": OpenSSL provides no AES-256-GCM"
+                                   : "");
+        free(st->dir);
+        free(st);
+        return MG_ERROR;
+    }
     if (!st->read_only && cfg->sender_key_lifetime >= 0) {
         st->senders = mg_vault_senders_new(
             cfg->sender_key_lifetime > 0 ? (unsigned)cfg->sender_key_lifetime
@@ -995,8 +1015,9 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
         }
         st->writer_running = true;
     }
-    mg_log(MG_LOG_DEBUG, "store: opened %s%s, epoch %s", st->dir,
-           st->read_only ? " read-only" : "", st->epoch);
+    mg_log(MG_LOG_DEBUG, "store: opened %s%s, epoch %s, writing scheme %u (%s)",
+           st->dir, st->read_only ? " read-only" : "", st->epoch, st->alg,
+           mg_vault_alg_cipher(st->alg));
     *st_r = st;
     return MG_OK;
 fail:

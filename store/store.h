@@ -5,8 +5,9 @@
  * by mailgatectl (administration, backup) and by tests and benchmarks.
  * Layers, bottom up, one file each:
  *
- *   vault.c    libsodium only: mailbox key pairs, password wraps, message
- *              encryption streams bound to (mailbox, message id)
+ *   vault.c    libsodium: mailbox key pairs, password wraps, message
+ *              encryption streams bound to (mailbox, message id); its
+ *              vault_aes.c the AES-256-GCM chunks (OpenSSL EVP)
  *   codec.c    pure (de)serialisation of the records below
  *   store.c    the LMDB environment, the writer thread with group commit,
  *              short read transactions, fault handling
@@ -32,8 +33,10 @@
 /* Plaintext bytes per chunk: with the 17-byte MAC and LMDB's 16-byte
  * page header a chunk fills 16 pages of 4 KiB (or one of 64 KiB) exactly;
  * a 64 KiB chunk needed a 17th page for its last 33 bytes. */
-#define MG_VAULT_CHUNK        (64 * 1024 - 33)
-#define MG_VAULT_ABYTES       17 /* secretstream tag + MAC per chunk */
+#define MG_VAULT_CHUNK (64 * 1024 - 33)
+#define MG_VAULT_ABYTES                                                   \
+    17                           /* per chunk: secretstream tag + MAC, or \
+                                     scheme 3's flags byte + GCM tag */
 #define MG_VAULT_PK_BYTES     32 /* X25519 public key */
 #define MG_VAULT_SEALED_KEY   80 /* crypto_box_seal(32-byte key) */
 #define MG_VAULT_HEADER       24 /* secretstream header */
@@ -53,6 +56,13 @@
  * and the message a secretstream under it (its random header makes the
  * per-message key), chunk AD as in scheme 1. The header stores E. */
 #define MG_VAULT_ALG_V2 2
+/** Message encryption scheme 3: scheme 2's stream key; the message key
+ * K = BLAKE2b-256(key = stream key, "mailgate vault v3 message key" ||
+ * header), the header being 24 random bytes; chunk i is
+ * flags || AES-256-GCM(K, nonce = 0^32 || i as 64 bits big-endian,
+ * AD = scheme 1's AD || flags) || 16-byte tag, flags 0x01 on the last
+ * chunk and no other bit. Written where the CPU has AES instructions. */
+#define MG_VAULT_ALG_V3 3
 
 /* The sender-key cache's defaults: seconds a sender key lives, messages
  * it serves at most, mailboxes cached at most (least recently used go). */
@@ -124,12 +134,23 @@ struct mg_vault_senders *mg_vault_senders_new(unsigned lifetime,
 /** Wipe every cached key and free (NULL is accepted). */
 void mg_vault_senders_free(struct mg_vault_senders *s);
 
-/** Start a message copy with scheme 2: the sender key of pk from the
- * cache (NULL: a key pair for this message alone); its public half goes
- * to epk. NULL only when pk is unusable (a corrupt mailbox record). */
+/** The scheme new messages get on this machine: 3 when OpenSSL has
+ * AES-256-GCM and the CPU AES instructions, else 2. */
+uint8_t mg_vault_alg_auto(void);
+/** Whether this process can write scheme `alg` (2 always, 3 when
+ * OpenSSL provides AES-256-GCM). */
+bool mg_vault_alg_writable(uint8_t alg);
+/** The chunk cipher of a scheme: "xchacha20poly1305" or "aes256gcm". */
+const char *mg_vault_alg_cipher(uint8_t alg);
+
+/** Start a message copy with scheme `alg` (2 or 3, writable): the sender
+ * key of pk from the cache (NULL: a key pair for this message alone); its
+ * public half goes to epk. NULL only when pk is unusable (a corrupt
+ * mailbox record). */
 struct mg_vault_enc *mg_vault_enc_begin(struct mg_vault_senders *s,
                                         const uint8_t pk[MG_VAULT_PK_BYTES],
-                                        const char *mailbox_id, uint64_t msg_id,
+                                        uint8_t alg, const char *mailbox_id,
+                                        uint64_t msg_id,
                                         uint8_t epk[MG_VAULT_PK_BYTES],
                                         uint8_t header[MG_VAULT_HEADER]);
 /** Start a message copy with scheme 1: a fresh message key sealed to pk
@@ -146,7 +167,7 @@ void mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
 void mg_vault_enc_free(struct mg_vault_enc *e);
 
 /** Open a message copy of scheme `alg`: scheme 1 reads sealed_key,
- * scheme 2 epk (the other may be NULL). Scheme 2 keys are cached in the
+ * schemes 2 and 3 epk (the other may be NULL). Stream keys are cached in the
  * unlocked key per sender key, so reading many messages of one sender
  * key costs one X25519. */
 int mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
@@ -200,13 +221,13 @@ enum mg_msg_state {
 /** The clear part of a message record (the rest is encrypted). */
 struct mg_msg_header {
     uint8_t state;     /* enum mg_msg_state */
-    uint8_t alg;       /* MG_VAULT_ALG_V1 or _V2 */
+    uint8_t alg;       /* MG_VAULT_ALG_V1, _V2 or _V3 */
     uint8_t flags;     /* MG_MSG_F_* */
     uint64_t received; /* unix seconds */
     uint64_t size;     /* plaintext body bytes */
     uint32_t nchunks;  /* ciphertext chunks, the envelope chunk 0 included */
     uint8_t sealed_key[MG_VAULT_SEALED_KEY]; /* scheme 1 only */
-    uint8_t epk[MG_VAULT_PK_BYTES];          /* scheme 2 only: E */
+    uint8_t epk[MG_VAULT_PK_BYTES];          /* schemes 2, 3: E */
     uint8_t header[MG_VAULT_HEADER];
 };
 /** Published at start after a crash between commit and publish. */
@@ -258,6 +279,8 @@ struct mg_store_config {
     int sender_key_lifetime; /* seconds a scheme 2 sender key is used; 0:
                                 MG_VAULT_SENDER_LIFETIME; < 0: a new key
                                 pair for every message */
+    uint8_t alg;             /* scheme new messages get (MG_VAULT_ALG_V2 or
+                                _V3); 0: mg_vault_alg_auto() */
 };
 
 struct mg_store;
@@ -336,6 +359,8 @@ bool mg_store_low_space(struct mg_store *st);
 /** The store's sender-key cache for message encryption (NULL when read
  * only: a key pair per message). Wiped at close. */
 struct mg_vault_senders *mg_store_senders(struct mg_store *st);
+/** The encryption scheme new messages get (MG_VAULT_ALG_V2 or _V3). */
+uint8_t mg_store_alg(const struct mg_store *st);
 /** A consistent compacting copy of the store into dir (mdb_env_copy2). */
 int mg_store_backup(struct mg_store *st, const char *dir, const char **error_r);
 

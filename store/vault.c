@@ -9,10 +9,13 @@
  * derivations run on worker threads (mg_error's rotating buffers belong
  * to the loop thread).
  *
- * Messages are written with scheme 2 (store.h): the public-key step, two
- * X25519 operations, is done once per mailbox and sender-key lifetime
- * instead of once per message (crypto_box_seal in scheme 1, which is
- * still read). doc/security.md says what the cached key exposes.
+ * Messages are written with scheme 3 or 2 (store.h): the public-key
+ * step, two X25519 operations, is done once per mailbox and sender-key
+ * lifetime instead of once per message (crypto_box_seal in scheme 1,
+ * which is still read); scheme 3 encrypts the chunks with AES-256-GCM
+ * (vault_aes.c) where the CPU has AES instructions, scheme 2 with
+ * libsodium's secretstream. doc/security.md says what the cached key
+ * exposes and why scheme 3 is built as it is.
  */
 #include "config.h"
 
@@ -23,6 +26,7 @@
 #include <sodium.h>
 
 #include "store.h"
+#include "vault_aes.h"
 
 /* the header's sizes are libsodium's */
 _Static_assert(MG_VAULT_PK_BYTES == crypto_box_PUBLICKEYBYTES, "pk size");
@@ -70,15 +74,24 @@ struct mg_vault_key {
     struct vault_rcache *rc;
 };
 
+/* Scheme 3 keeps its key schedule in `gcm` (OpenSSL's memory, cleansed
+ * when freed) and the message key only while the context is made; the
+ * AD has room for its flags byte. */
 struct mg_vault_enc {
-    crypto_secretstream_xchacha20poly1305_state st;
-    uint8_t ad[VAULT_AD_MAX];
+    crypto_secretstream_xchacha20poly1305_state st; /* schemes 1, 2 */
+    EVP_CIPHER_CTX *gcm;                            /* scheme 3 */
+    uint64_t chunk;                                 /* scheme 3: next */
+    uint8_t mkey[MG_VAULT_AES_KEYBYTES];            /* scheme 3, at begin */
+    uint8_t ad[VAULT_AD_MAX + 1];
     size_t adlen;
 };
 
 struct mg_vault_dec {
     crypto_secretstream_xchacha20poly1305_state st;
-    uint8_t ad[VAULT_AD_MAX];
+    EVP_CIPHER_CTX *gcm;
+    uint64_t chunk;
+    uint8_t mkey[MG_VAULT_AES_KEYBYTES];
+    uint8_t ad[VAULT_AD_MAX + 1];
     size_t adlen;
     bool finished; /* the FINAL chunk was pulled */
     bool failed;   /* a chunk failed: the stream is dead */
@@ -682,29 +695,99 @@ vault_reader_key(const struct mg_vault_key *k,
 /* ------------------------------------------------------- message streams */
 
 /*
- * Scheme 2 per message: the stream key of the mailbox's current sender
- * key, and a secretstream under it. No separate per-message key: the
- * stream's init derives one itself (HChaCha20 of the key and 128 random
- * bits of the header; the state keeps only that), so each message still
- * has a key of its own, and nothing is added to the cost of a small
- * message. Returns NULL only when pk is unusable.
+ * Scheme 3's message key: BLAKE2b-256 keyed with the stream key over a
+ * label and the 24 random bytes stored as the message's header. One key
+ * per message lets the chunk nonce be the chunk number; the label keeps
+ * it apart from anything else made from the stream key.
+ */
+static const char vault_v3_label[] = "mailgate vault v3 message key";
+
+static void
+vault_v3_key(uint8_t mkey[MG_VAULT_AES_KEYBYTES],
+             const uint8_t skey[crypto_secretstream_xchacha20poly1305_KEYBYTES],
+             const uint8_t header[MG_VAULT_HEADER])
+{
+    crypto_generichash_state h;
+
+    crypto_generichash_init(&h, skey,
+                            crypto_secretstream_xchacha20poly1305_KEYBYTES,
+                            MG_VAULT_AES_KEYBYTES);
+    crypto_generichash_update(&h, (const uint8_t *)vault_v3_label,
+                              sizeof(vault_v3_label) - 1);
+    crypto_generichash_update(&h, header, MG_VAULT_HEADER);
+    crypto_generichash_final(&h, mkey, MG_VAULT_AES_KEYBYTES);
+    sodium_memzero(&h, sizeof(h));
+}
+
+uint8_t
+mg_vault_alg_auto(void)
+{
+    return mg_vault_aes_usable() && mg_vault_aes_hardware() ? MG_VAULT_ALG_V3
+                                                            : MG_VAULT_ALG_V2;
+}
+
+bool
+mg_vault_alg_writable(uint8_t alg)
+{
+    return alg == MG_VAULT_ALG_V2 ||
+           (alg == MG_VAULT_ALG_V3 && mg_vault_aes_usable());
+}
+
+const char *
+mg_vault_alg_cipher(uint8_t alg)
+{
+    switch (alg) {
+    case MG_VAULT_ALG_V1:
+    case MG_VAULT_ALG_V2:
+        return "xchacha20poly1305";
+    case MG_VAULT_ALG_V3:
+        return "aes256gcm";
+    default:
+        return "unknown";
+    }
+}
+
+/*
+ * Schemes 2 and 3 per message: the stream key of the mailbox's current
+ * sender key. Scheme 2 makes the message a secretstream under it (the
+ * stream's init derives a per-message key itself: HChaCha20 of the key
+ * and 128 random bits of the header; the state keeps only that). Scheme
+ * 3 derives the message key from random header bytes (vault_v3_key) and
+ * keys an AES-256-GCM context with it. Either way each message has a key
+ * of its own and a small message pays no public-key operation. Returns
+ * NULL only when pk is unusable.
  */
 struct mg_vault_enc *
 mg_vault_enc_begin(struct mg_vault_senders *s,
-                   const uint8_t pk[MG_VAULT_PK_BYTES], const char *mailbox_id,
-                   uint64_t msg_id, uint8_t epk[MG_VAULT_PK_BYTES],
+                   const uint8_t pk[MG_VAULT_PK_BYTES], uint8_t alg,
+                   const char *mailbox_id, uint64_t msg_id,
+                   uint8_t epk[MG_VAULT_PK_BYTES],
                    uint8_t header[MG_VAULT_HEADER])
 {
     uint8_t key[crypto_secretstream_xchacha20poly1305_KEYBYTES];
     struct mg_vault_enc *e;
 
+    if (alg != MG_VAULT_ALG_V2 && alg != MG_VAULT_ALG_V3)
+        mg_fatalx("vault: writing scheme %u", alg);
     if (vault_sender_get(s, pk, epk, key) != 0) {
         sodium_memzero(key, sizeof(key));
         return NULL;
     }
     e = vault_state_get();
     e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
-    crypto_secretstream_xchacha20poly1305_init_push(&e->st, header, key);
+    e->gcm = NULL;
+    e->chunk = 0;
+    if (alg == MG_VAULT_ALG_V2) {
+        crypto_secretstream_xchacha20poly1305_init_push(&e->st, header, key);
+    } else {
+        randombytes_buf(header, MG_VAULT_HEADER);
+        vault_v3_key(e->mkey, key, header);
+        e->gcm = mg_vault_aes_new(e->mkey, true);
+        sodium_memzero(e->mkey, sizeof(e->mkey));
+        /* the store checks mg_vault_alg_writable() at open */
+        if (e->gcm == NULL)
+            mg_fatalx("vault: AES-256-GCM is not available");
+    }
     sodium_memzero(key, sizeof(key));
     return e;
 }
@@ -722,6 +805,8 @@ mg_vault_enc_begin_v1(const uint8_t pk[MG_VAULT_PK_BYTES],
 
     e = vault_state_get();
     e->adlen = vault_ad(e->ad, mailbox_id, msg_id);
+    e->gcm = NULL;
+    e->chunk = 0;
     crypto_secretstream_xchacha20poly1305_keygen(key);
     if (crypto_box_seal(sealed_key, key, sizeof(key), pk) != 0) {
         sodium_memzero(key, sizeof(key));
@@ -739,6 +824,11 @@ mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
 {
     if (len > MG_VAULT_CHUNK)
         mg_fatalx("vault: chunk of %zu bytes (max %d)", len, MG_VAULT_CHUNK);
+    if (e->gcm != NULL) {
+        mg_vault_aes_seal(e->gcm, e->chunk++, final ? MG_VAULT_AES_FINAL : 0,
+                          e->ad, e->adlen, in, len, out);
+        return;
+    }
     crypto_secretstream_xchacha20poly1305_push(
         &e->st, out, NULL, in, len, e->ad, e->adlen,
         final ? crypto_secretstream_xchacha20poly1305_TAG_FINAL
@@ -748,7 +838,19 @@ mg_vault_enc_push(struct mg_vault_enc *e, const void *in, size_t len,
 void
 mg_vault_enc_free(struct mg_vault_enc *e)
 {
+    if (e == NULL)
+        return;
+    EVP_CIPHER_CTX_free(e->gcm); /* cleanses the key schedule */
+    e->gcm = NULL;
     vault_state_put(e);
+}
+
+static void
+vault_dec_put(struct mg_vault_dec *d)
+{
+    EVP_CIPHER_CTX_free(d->gcm);
+    d->gcm = NULL;
+    vault_state_put(d);
 }
 
 int
@@ -774,7 +876,12 @@ mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
             *error_r = "cannot open the message key";
             return MG_ERROR;
         }
-    } else if (alg == MG_VAULT_ALG_V2 && epk != NULL) {
+    } else if ((alg == MG_VAULT_ALG_V2 || alg == MG_VAULT_ALG_V3) &&
+               epk != NULL) {
+        if (alg == MG_VAULT_ALG_V3 && !mg_vault_aes_usable()) {
+            *error_r = "AES-256-GCM is not available in this OpenSSL";
+            return MG_ERROR;
+        }
         /* a wrong E gives a wrong key: the first chunk fails */
         if (vault_reader_key(key, epk, mkey) != 0) {
             sodium_memzero(mkey, sizeof(mkey));
@@ -789,16 +896,47 @@ mg_vault_dec_begin(const struct mg_vault_key *key, const char *mailbox_id,
     d->adlen = vault_ad(d->ad, mailbox_id, msg_id);
     d->finished = false;
     d->failed = false;
+    d->gcm = NULL;
+    d->chunk = 0;
+    if (alg == MG_VAULT_ALG_V3) {
+        vault_v3_key(d->mkey, mkey, header);
+        d->gcm = mg_vault_aes_new(d->mkey, false);
+        sodium_memzero(d->mkey, sizeof(d->mkey));
+        sodium_memzero(mkey, sizeof(mkey));
+        if (d->gcm == NULL) {
+            vault_dec_put(d);
+            *error_r = "cannot set up AES-256-GCM";
+            return MG_ERROR;
+        }
+        *dec_r = d;
+        return MG_OK;
+    }
     if (crypto_secretstream_xchacha20poly1305_init_pull(&d->st, header, mkey) !=
         0) {
         sodium_memzero(mkey, sizeof(mkey));
-        vault_state_put(d);
+        vault_dec_put(d);
         *error_r = "invalid message stream header";
         return MG_ERROR;
     }
     sodium_memzero(mkey, sizeof(mkey));
     *dec_r = d;
     return MG_OK;
+}
+
+/* Scheme 3's chunk: its number is the nonce, so a chunk from another
+ * position fails its tag, and one of another message its key. */
+static int
+vault_dec_pull_gcm(struct mg_vault_dec *d, const uint8_t *in, size_t len,
+                   uint8_t *out, bool *final)
+{
+    uint8_t flags;
+
+    if (mg_vault_aes_open(d->gcm, d->chunk, d->ad, d->adlen, in, len, out,
+                          &flags) != 0)
+        return -1;
+    d->chunk++;
+    *final = (flags & MG_VAULT_AES_FINAL) != 0;
+    return 0;
 }
 
 /*
@@ -816,6 +954,7 @@ mg_vault_dec_pull(struct mg_vault_dec *d, const uint8_t *in, size_t len,
 {
     unsigned long long n = 0;
     unsigned char tag = 0;
+    bool last = false;
 
     *outlen = 0;
     *final = false;
@@ -824,26 +963,34 @@ mg_vault_dec_pull(struct mg_vault_dec *d, const uint8_t *in, size_t len,
         d->failed = true;
         return MG_ERROR;
     }
-    if (crypto_secretstream_xchacha20poly1305_pull(&d->st, out, &n, &tag, in,
-                                                   len, d->ad, d->adlen) != 0 ||
-        (tag != crypto_secretstream_xchacha20poly1305_TAG_MESSAGE &&
-         tag != crypto_secretstream_xchacha20poly1305_TAG_FINAL)) {
-        /* nothing unauthenticated may leave: wipe what pull may have
-         * written */
-        sodium_memzero(out, len - MG_VAULT_ABYTES);
-        d->failed = true;
-        return MG_ERROR;
+    if (d->gcm != NULL) {
+        if (vault_dec_pull_gcm(d, in, len, out, &last) != 0)
+            goto fail;
+        n = len - MG_VAULT_ABYTES;
+    } else {
+        if (crypto_secretstream_xchacha20poly1305_pull(
+                &d->st, out, &n, &tag, in, len, d->ad, d->adlen) != 0 ||
+            (tag != crypto_secretstream_xchacha20poly1305_TAG_MESSAGE &&
+             tag != crypto_secretstream_xchacha20poly1305_TAG_FINAL))
+            goto fail;
+        last = tag == crypto_secretstream_xchacha20poly1305_TAG_FINAL;
     }
     *outlen = (size_t)n;
-    if (tag == crypto_secretstream_xchacha20poly1305_TAG_FINAL) {
+    if (last) {
         d->finished = true;
         *final = true;
     }
     return MG_OK;
+fail:
+    /* nothing unauthenticated may leave: wipe what pull may have written */
+    sodium_memzero(out, len - MG_VAULT_ABYTES);
+    d->failed = true;
+    return MG_ERROR;
 }
 
 void
 mg_vault_dec_free(struct mg_vault_dec *d)
 {
-    vault_state_put(d);
+    if (d != NULL)
+        vault_dec_put(d);
 }

@@ -29,12 +29,13 @@ tests_modules_misnamed_la_LDFLAGS = $(MG_TESTMOD_LDFLAGS)
 
 # test-only store tools (never installed): mg-dump lists and decrypts a
 # mailbox, mg-crashtest drives tests/integration/test_store_crash.py,
-# mg-corrupt flips a bit of a stored chunk
+# mg-corrupt flips a bit of a stored chunk, mg-legacy stores a message
+# as encryption scheme 1 did
 MG_TOOL_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(LIBCONFIG_CFLAGS) \
 	$(SODIUM_CFLAGS) $(LMDB_CFLAGS)
 MG_TOOL_LDADD = libmgstore.la libmgcore.la $(SODIUM_LIBS) $(LMDB_LIBS)
 check_PROGRAMS += tests/tools/mg-dump tests/tools/mg-crashtest \
-	tests/tools/mg-corrupt
+	tests/tools/mg-corrupt tests/tools/mg-legacy
 tests_tools_mg_dump_SOURCES = tests/tools/mg-dump.c
 tests_tools_mg_dump_CFLAGS = $(MG_TOOL_CFLAGS)
 tests_tools_mg_dump_LDADD = $(MG_TOOL_LDADD)
@@ -44,6 +45,9 @@ tests_tools_mg_crashtest_LDADD = $(MG_TOOL_LDADD)
 tests_tools_mg_corrupt_SOURCES = tests/tools/mg-corrupt.c
 tests_tools_mg_corrupt_CFLAGS = $(MG_TOOL_CFLAGS)
 tests_tools_mg_corrupt_LDADD = $(MG_TOOL_LDADD)
+tests_tools_mg_legacy_SOURCES = tests/tools/mg-legacy.c
+tests_tools_mg_legacy_CFLAGS = $(MG_TOOL_CFLAGS)
+tests_tools_mg_legacy_LDADD = $(MG_TOOL_LDADD)
 
 if HAVE_CMOCKA
 MG_UNIT_CFLAGS = $(AM_CFLAGS) $(CMOCKA_CFLAGS) $(OPENSSL_CFLAGS) \
@@ -113,7 +117,7 @@ EXTRA_DIST += tests/run-all.sh tests/cppcheck.cfg tests/quickstart_smoke.py \
 # modules (dlopen'd from the build tree). The store is compiled in with
 # MG_FUZZ_KDF_MIN (Argon2id at its minimum). `make check` replays the seed
 # corpus; `make fuzz-session` builds the libFuzzer binary with clang
-MG_FUZZ_STORE_SOURCES = store/vault.c store/codec.c store/store.c \
+MG_FUZZ_STORE_SOURCES = store/vault.c store/vault_aes.c store/codec.c store/store.c \
 	store/records.c store/message.c store/dedup.c store/module_api.c
 check_PROGRAMS += tests/fuzz/fuzz_session
 TESTS += tests/fuzz/run-corpus-session.sh

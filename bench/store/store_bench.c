@@ -16,15 +16,19 @@
  *           file system, next to data.mdb), written and fsync'd, then the
  *           directory fsync'd (a queue file per message, Postfix style)
  *   stream  bare crypto_secretstream_xchacha20poly1305 over SIZE bytes in
- *           chunks of MG_VAULT_CHUNK, in memory, WRITERS threads (the
- *           cipher's ceiling)
- *   vault   the store's encryption path alone, in memory: scheme 2 with
- *           the store's default sender-key cache (mg_vault_enc_begin: the
- *           mailbox's cached stream key, a new one with its two X25519
- *           operations once a minute; then the chunks)
+ *           chunks of MG_VAULT_CHUNK, in memory, WRITERS threads (scheme
+ *           2's ceiling)
+ *   gcm     bare OpenSSL EVP AES-256-GCM the same way: a random key and a
+ *           context per message, a nonce per chunk (scheme 3's ceiling)
+ *   vault   the store's encryption path alone, in memory, with the scheme
+ *           the store writes here (store.cipher = auto: 3 where the CPU
+ *           has AES instructions, else 2) and the store's default
+ *           sender-key cache (mg_vault_enc_begin: the mailbox's cached
+ *           stream key, a new one with its two X25519 operations once a
+ *           minute; then the chunks); vault2 and vault3 force a scheme
  *   seal    crypto_box_seal of a 32-byte key (SIZE ignored)
- *   cipher  stream, vault and seal (5000) taking turns in ten rounds, so
- *           that all three see the same load; prints a line for each
+ *   cipher  stream, gcm, vault2, vault3 and seal (5000) taking turns in
+ *           ten rounds, so that all see the same load; a line for each
  *   pair    store and raw taking turns the same way (COUNT each)
  *
  * WRITERS threads each store COUNT/WRITERS messages and wait for each
@@ -33,6 +37,7 @@
  * (steady state: freed pages being reused), or with "keep" takes and
  * keeps them (a grown store). Prints one line:
  *   mode=store size=65536 writers=32 msgs=2000 secs=1.234 msgs/s=... MB/s=...
+ * (modes that encrypt through the vault add alg=N, the scheme).
  * DIR is emptied first. Not a test: run it from bench/store/run.sh.
  */
 #include "config.h"
@@ -48,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sodium.h>
 
 #include "store.h"
@@ -298,16 +304,62 @@ bench_stream_one(void)
     sodium_memzero(key, sizeof(key));
 }
 
+/* bare AES-256-GCM as scheme 3 uses it, without the vault around it (the
+ * cipher fetched once, as the vault does) */
+static EVP_CIPHER *bench_aes;
+
+static void
+bench_gcm_one(void)
+{
+    static _Thread_local unsigned char out[MG_VAULT_CHUNK + MG_VAULT_ABYTES];
+    unsigned char key[32], iv[12] = {0};
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    uint64_t i = 0;
+    size_t off = 0;
+    int n, m;
+
+    randombytes_buf(key, sizeof(key));
+    if (c == NULL || EVP_EncryptInit_ex2(c, bench_aes, key, NULL, NULL) != 1)
+        bench_die("gcm", "EVP_EncryptInit_ex2");
+    do {
+        size_t len = bench_size - off < MG_VAULT_CHUNK ? bench_size - off
+                                                       : MG_VAULT_CHUNK;
+
+        memcpy(iv + 4, &i, sizeof(i));
+        i++;
+        if (EVP_EncryptInit_ex2(c, NULL, NULL, iv, NULL) != 1 ||
+            EVP_EncryptUpdate(c, out + 1, &n, bench_body + off, (int)len) !=
+                1 ||
+            EVP_EncryptFinal_ex(c, out + 1 + n, &m) != 1 ||
+            EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_AEAD_GET_TAG, 16, out + 1 + len) !=
+                1)
+            bench_die("gcm", "encryption");
+        off += len;
+    } while (off < bench_size);
+    EVP_CIPHER_CTX_free(c);
+    sodium_memzero(key, sizeof(key));
+}
+
 static uint8_t bench_pk[MG_VAULT_PK_BYTES];
 static struct mg_vault_senders *bench_senders;
+
+/* the scheme of mode vault, vault2 or vault3 */
+static uint8_t
+bench_mode_alg(void)
+{
+    return strcmp(bench_mode, "vault2") == 0   ? MG_VAULT_ALG_V2
+           : strcmp(bench_mode, "vault3") == 0 ? MG_VAULT_ALG_V3
+                                               : mg_vault_alg_auto();
+}
 
 static void
 bench_vault_one(void)
 {
     static _Thread_local uint8_t out[MG_VAULT_CHUNK + MG_VAULT_ABYTES];
     uint8_t epk[MG_VAULT_PK_BYTES], header[MG_VAULT_HEADER];
-    struct mg_vault_enc *e = mg_vault_enc_begin(
-        bench_senders, bench_pk, bench_mailbox, bench_take_id(), epk, header);
+    struct mg_vault_enc *e =
+        mg_vault_enc_begin(bench_senders, bench_pk, bench_mode_alg(),
+                           bench_mailbox, bench_take_id(), epk, header);
     size_t off = 0;
 
     do {
@@ -334,13 +386,14 @@ static void *
 bench_thread(void *arg)
 {
     unsigned n = (unsigned)(uintptr_t)arg;
-    void (*one)(void) = strcmp(bench_mode, "store") == 0    ? bench_store_one
-                        : strcmp(bench_mode, "raw") == 0    ? bench_raw_one
-                        : strcmp(bench_mode, "commit") == 0 ? bench_raw_one
-                        : strcmp(bench_mode, "fsync") == 0  ? bench_fsync_one
-                        : strcmp(bench_mode, "vault") == 0  ? bench_vault_one
-                        : strcmp(bench_mode, "seal") == 0   ? bench_seal_one
-                                                            : bench_stream_one;
+    void (*one)(void) = strcmp(bench_mode, "store") == 0       ? bench_store_one
+                        : strcmp(bench_mode, "raw") == 0       ? bench_raw_one
+                        : strcmp(bench_mode, "commit") == 0    ? bench_raw_one
+                        : strcmp(bench_mode, "fsync") == 0     ? bench_fsync_one
+                        : strncmp(bench_mode, "vault", 5) == 0 ? bench_vault_one
+                        : strcmp(bench_mode, "seal") == 0      ? bench_seal_one
+                        : strcmp(bench_mode, "gcm") == 0       ? bench_gcm_one
+                                                         : bench_stream_one;
 
     for (unsigned i = 0; i < n; i++)
         one();
@@ -364,6 +417,21 @@ bench_run_threads(unsigned total)
     free(th);
 }
 
+/* " alg=N" for the modes that encrypt through the vault */
+static const char *
+bench_alg_tag(void)
+{
+    static char tag[16];
+
+    if (strncmp(bench_mode, "vault", 5) == 0)
+        snprintf(tag, sizeof(tag), " alg=%u", bench_mode_alg());
+    else if (strcmp(bench_mode, "store") == 0 && bench_store != NULL)
+        snprintf(tag, sizeof(tag), " alg=%u", mg_store_alg(bench_store));
+    else
+        tag[0] = '\0';
+    return tag;
+}
+
 /* Modes taking turns, ten rounds of a tenth of `counts[k]` each, so that
  * they see the same load (this machine's neighbours come and go within
  * seconds); one line for each. */
@@ -371,8 +439,8 @@ static void
 bench_turns(const char *const *kinds, size_t nk, const unsigned *counts,
             const char *tag)
 {
-    double secs[4] = {0, 0, 0, 0};
-    unsigned n[4] = {0, 0, 0, 0};
+    double secs[8] = {0};
+    unsigned n[8] = {0};
 
     for (int r = 0; r < 10; r++) {
         for (size_t k = 0; k < nk; k++) {
@@ -388,10 +456,12 @@ bench_turns(const char *const *kinds, size_t nk, const unsigned *counts,
     for (size_t k = 0; k < nk; k++) {
         size_t size = strcmp(kinds[k], "seal") == 0 ? 0 : bench_size;
 
-        printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
-               "MB/s=%.1f\n",
-               kinds[k], size, bench_writers, n[k], tag, secs[k],
-               n[k] / secs[k], (double)n[k] * (double)size / secs[k] / 1e6);
+        bench_mode = kinds[k];
+        printf("mode=%s size=%zu writers=%u msgs=%u%s%s secs=%.3f "
+               "msgs/s=%.1f MB/s=%.1f\n",
+               kinds[k], size, bench_writers, n[k], tag, bench_alg_tag(),
+               secs[k], n[k] / secs[k],
+               (double)n[k] * (double)size / secs[k] / 1e6);
     }
 }
 
@@ -522,8 +592,8 @@ main(int argc, char **argv)
     if (argc < 6) {
         fprintf(
             stderr,
-            "usage: %s DIR store|raw|pair|commit|fsync|stream|vault|seal|cipher "
-            "SIZE WRITERS COUNT [PREFILL [keep]]\n",
+            "usage: %s DIR store|raw|pair|commit|fsync|stream|gcm|vault|"
+            "vault2|vault3|seal|cipher SIZE WRITERS COUNT [PREFILL [keep]]\n",
             argv[0]);
         return 2;
     }
@@ -544,6 +614,9 @@ main(int argc, char **argv)
     bench_rmtree(bench_dir);
     if (mkdir(bench_dir, 0700) != 0)
         bench_die(bench_dir, strerror(errno));
+    bench_aes = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+    if (bench_aes == NULL)
+        bench_die("gcm", "OpenSSL has no AES-256-GCM");
     bench_body = mg_xmalloc(bench_size ? bench_size : 1);
     randombytes_buf(bench_body, bench_size);
     if (strcmp(bench_mode, "store") == 0 || strcmp(bench_mode, "raw") == 0 ||
@@ -556,7 +629,7 @@ main(int argc, char **argv)
 
         mkdir(q, 0700);
         free(q);
-    } else if (strcmp(bench_mode, "vault") == 0 ||
+    } else if (strncmp(bench_mode, "vault", 5) == 0 ||
                strcmp(bench_mode, "seal") == 0 ||
                strcmp(bench_mode, "cipher") == 0) {
         uint8_t sk[32];
@@ -566,19 +639,22 @@ main(int argc, char **argv)
         bench_senders = mg_vault_senders_new(MG_VAULT_SENDER_LIFETIME,
                                              MG_VAULT_SENDER_MESSAGES,
                                              MG_VAULT_SENDER_MAILBOXES);
-    } else if (strcmp(bench_mode, "stream") != 0) {
-        bench_die("mode", "store, raw, commit, fsync, stream, vault, seal, "
-                          "cipher or pair");
+    } else if (strcmp(bench_mode, "stream") != 0 &&
+               strcmp(bench_mode, "gcm") != 0) {
+        bench_die("mode", "store, raw, commit, fsync, stream, gcm, vault, "
+                          "vault2, vault3, seal, cipher or pair");
     }
     if (strcmp(bench_mode, "cipher") == 0 || strcmp(bench_mode, "pair") == 0) {
-        static const char *const cipher[] = {"stream", "vault", "seal"};
+        static const char *const cipher[] = {"stream", "gcm", "vault2",
+                                             "vault3", "seal"};
         static const char *const pair[] = {"store", "raw"};
-        unsigned counts[] = {bench_count, bench_count, 5000};
+        unsigned counts[] = {bench_count, bench_count, bench_count, bench_count,
+                             5000};
         bool is_pair = strcmp(bench_mode, "pair") == 0;
 
         if (bench_count < 10 * bench_writers)
             bench_die("arguments", "turns need COUNT >= 10 x WRITERS");
-        bench_turns(is_pair ? pair : cipher, is_pair ? 2 : 3, counts,
+        bench_turns(is_pair ? pair : cipher, is_pair ? 2 : 5, counts,
                     prefill == 0 ? ""
                     : keep       ? " grown=1"
                                  : " steady=1");
@@ -593,18 +669,19 @@ main(int argc, char **argv)
     t0 = bench_now();
     bench_run_threads(bench_count);
     secs = bench_now() - t0;
-    printf("mode=%s size=%zu writers=%u msgs=%u%s secs=%.3f msgs/s=%.1f "
+    printf("mode=%s size=%zu writers=%u msgs=%u%s%s secs=%.3f msgs/s=%.1f "
            "MB/s=%.1f\n",
            bench_mode, bench_size, bench_writers, bench_count,
            prefill == 0 ? ""
            : keep       ? " grown=1"
                         : " steady=1",
-           secs, bench_count / secs,
+           bench_alg_tag(), secs, bench_count / secs,
            (double)bench_count * (double)bench_size / secs / 1e6);
     if (bench_store != NULL)
         mg_store_close(bench_store);
     mg_vault_senders_free(bench_senders);
     bench_rmtree(bench_dir);
     free(bench_body);
+    EVP_CIPHER_free(bench_aes);
     return 0;
 }

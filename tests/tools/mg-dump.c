@@ -14,8 +14,11 @@
  * message is decrypted (and so checked) even without --write. With
  * --keys the line says how the message is encrypted instead:
  *
- *   id=N alg=A sender_key=HEX    (scheme 2: the sender public key E)
- *   id=N alg=1 sender_key=-      (scheme 1: a sealed message key)
+ *   id=N alg=A sender_key=HEX cipher=C  (schemes 2 and 3: the sender
+ *                                        public key E; C xchacha20poly1305
+ *                                        or aes256gcm)
+ *   id=N alg=1 sender_key=- cipher=xchacha20poly1305  (scheme 1: a
+ *                                        sealed message key)
  *
  *   mg-dump DATA_DIR MAILBOX_ID --stat
  *
@@ -101,7 +104,7 @@ dump_unlock(struct mg_store *st, const char *mailbox_id, const char *password,
     return 0;
 }
 
-/* The --keys line: the header's scheme and sender key. */
+/* The --keys line: the header's scheme, sender key and chunk cipher. */
 static int
 dump_key_line(struct mg_store *st, const char *mailbox_id, uint64_t id)
 {
@@ -122,13 +125,14 @@ dump_key_line(struct mg_store *st, const char *mailbox_id, uint64_t id)
                 error != NULL ? error : "gone");
         return -1;
     }
-    if (h.alg == MG_VAULT_ALG_V2) {
+    if (h.alg == MG_VAULT_ALG_V2 || h.alg == MG_VAULT_ALG_V3) {
         for (size_t i = 0; i < MG_VAULT_PK_BYTES; i++)
             snprintf(hex + 2 * i, 3, "%02x", h.epk[i]);
     } else {
         snprintf(hex, sizeof(hex), "-");
     }
-    printf("id=%" PRIu64 " alg=%u sender_key=%s\n", id, h.alg, hex);
+    printf("id=%" PRIu64 " alg=%u sender_key=%s cipher=%s\n", id, h.alg, hex,
+           mg_vault_alg_cipher(h.alg));
     return 0;
 }
 

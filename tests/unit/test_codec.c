@@ -327,12 +327,12 @@ test_msg_roundtrip(void **state)
     assert_memory_equal(&h, &d, sizeof(h));
     t_hostile(T_MSG, &b);
 
-    /* scheme 2 stores E in place of the sealed key */
-    {
+    /* schemes 2 and 3 store E in place of the sealed key */
+    for (uint8_t alg = MG_VAULT_ALG_V2; alg <= MG_VAULT_ALG_V3; alg++) {
         struct mg_msg_header h2 = h;
 
         memset(h2.sealed_key, 0, sizeof(h2.sealed_key));
-        h2.alg = MG_VAULT_ALG_V2;
+        h2.alg = alg;
         for (size_t i = 0; i < sizeof(h2.epk); i++)
             h2.epk[i] = (uint8_t)(0x33 ^ i);
         mg_buf_clear(&b);

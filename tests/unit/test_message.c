@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
 #include <sodium.h>
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/lsan_interface.h>
@@ -208,6 +209,10 @@ mailbox_create(char id[MG_MAILBOX_ID_MAX + 1], struct mg_vault_key **key_r)
     mg_mailbox_clear(&m);
 }
 
+/* the scheme the store writes: 0 (auto) in the first group of tests,
+ * scheme 2 in the second */
+static uint8_t store_alg;
+
 static void
 store_open(void)
 {
@@ -216,6 +221,7 @@ store_open(void)
         .map_size = 2ull << 30,
         .reserve = 1 << 20,
         .recover = true, /* plays the daemon: it owns the store */
+        .alg = store_alg,
     };
     const char *error = NULL;
 
@@ -394,6 +400,13 @@ group_setup(void **state)
     for (size_t i = 0; i < NMBOX; i++)
         mailbox_create(mbox[i], &keys[i]);
     return 0;
+}
+
+static int
+group_setup_v2(void **state)
+{
+    store_alg = MG_VAULT_ALG_V2;
+    return group_setup(state);
 }
 
 static int
@@ -785,13 +798,14 @@ header_put_fn(MDB_txn *txn, void *arg)
 }
 
 /*
- * New messages are scheme 2; two in quick succession to one mailbox share
+ * New messages are scheme 3 (where the CPU has AES instructions) or 2, or
+ * what the store was told; two in quick succession to one mailbox share
  * its sender key E (another mailbox has its own), which is a public key,
  * and both read back. The header record holds E and the stream header,
  * no key material.
  */
 static void
-test_scheme2_sender_key(void **state)
+test_sender_key(void **state)
 {
     struct mg_store_writer *w1, *w2, *w3;
     struct mg_msg_header h1, h2, h3;
@@ -807,8 +821,10 @@ test_scheme2_sender_key(void **state)
     h1 = header_of(0, id1);
     h2 = header_of(0, id2);
     h3 = header_of(1, id3);
-    assert_int_equal(h1.alg, MG_VAULT_ALG_V2);
-    assert_int_equal(h3.alg, MG_VAULT_ALG_V2);
+    assert_int_equal(mg_store_alg(st),
+                     store_alg != 0 ? store_alg : mg_vault_alg_auto());
+    assert_int_equal(h1.alg, mg_store_alg(st));
+    assert_int_equal(h3.alg, mg_store_alg(st));
     assert_memory_equal(h1.epk, h2.epk, MG_VAULT_PK_BYTES);
     assert_memory_not_equal(h1.epk, h3.epk, MG_VAULT_PK_BYTES);
     assert_memory_not_equal(h1.header, h2.header, MG_VAULT_HEADER);
@@ -832,8 +848,9 @@ test_scheme2_sender_key(void **state)
     mg_store_writer_free(w3);
 }
 
-/* E or the stream header replaced or flipped in a stored scheme 2
- * header: authentication fails before any byte comes out. */
+/* E or the stream header replaced or flipped in a stored scheme 2 or 3
+ * header, or the scheme changed: authentication fails before any byte
+ * comes out. */
 static void
 test_tamper_sender_key(void **state)
 {
@@ -868,9 +885,15 @@ test_tamper_sender_key(void **state)
     assert_int_equal(good, 0);
 
     e.h = orig;
-    e.h.alg = 3; /* an unknown scheme */
+    e.h.alg = 4; /* an unknown scheme */
     assert_int_equal(run_write(header_put_fn, &e), MG_OK);
     assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_ERROR);
+
+    e.h = orig; /* read with the other scheme of the same sender key */
+    e.h.alg = orig.alg == MG_VAULT_ALG_V2 ? MG_VAULT_ALG_V3 : MG_VAULT_ALG_V2;
+    assert_int_equal(run_write(header_put_fn, &e), MG_OK);
+    assert_int_equal(read_msg(0, keys[0], e.id, TSIZE, 71, &good), MG_ERROR);
+    assert_int_equal(good, 0);
 
     e.h = orig;
     assert_int_equal(run_write(header_put_fn, &e), MG_OK);
@@ -978,6 +1001,57 @@ test_scheme1_readable(void **state)
     }
 }
 
+/* Schemes 1, 2 and 3 in one mailbox (a store written by three versions,
+ * or store.cipher changed between restarts): one unlocked key reads them
+ * all, in either order, and each still fails under another id. */
+static void
+test_mixed_schemes(void **state)
+{
+    struct v1_msg v = {0, CHUNK + 7, 91};
+    const uint8_t saved = store_alg;
+    struct mg_store_writer *w;
+    uint64_t id[3], size[3] = {CHUNK + 7, 2 * CHUNK + 3, 3000}, good;
+    unsigned seed[3] = {91, 92, 93};
+
+    (void)state;
+    assert_int_equal(run_write(v1_write_fn, &v), MG_OK);
+    id[0] = v.id;
+    for (uint8_t alg = MG_VAULT_ALG_V2; alg <= MG_VAULT_ALG_V3; alg++) {
+        mg_store_close(st);
+        store_alg = alg;
+        store_open();
+        assert_int_equal(mg_store_alg(st), alg);
+        w = write_msg(1, size[alg - 1], seed[alg - 1], 4096, true);
+        id[alg - 1] = mg_store_writer_ids(w)[0];
+        mg_store_writer_free(w);
+    }
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(header_of(0, id[i]).alg, MG_VAULT_ALG_V1 + i);
+    for (int r = 0; r < 2; r++) {
+        for (int k = 0; k < 3; k++) {
+            int i = r == 0 ? k : 2 - k;
+
+            assert_int_equal(
+                read_msg(0, keys[0], id[i], size[i], seed[i], &good),
+                MG_DECLINED);
+            assert_int_equal(good, size[i]);
+        }
+    }
+    /* scheme 3 message records moved to another id fail */
+    {
+        struct tamper t = {.mb = 0, .id = id[2], .to_mb = 0};
+
+        t.to_id = id[2] + 700000;
+        assert_int_equal(run_write(copy_fn, &t), MG_OK);
+        assert_int_equal(read_msg(0, keys[0], t.to_id, 3000, 93, &good),
+                         MG_ERROR);
+        assert_int_equal(good, 0);
+    }
+    mg_store_close(st);
+    store_alg = saved;
+    store_open();
+}
+
 /* Whether `needle` occurs anywhere in the store's data file. */
 static bool
 in_data_file(const uint8_t *needle, size_t n)
@@ -1027,6 +1101,39 @@ mailbox_pk_fn(MDB_txn *txn, void *arg)
     return rc;
 }
 
+/* Scheme 3's chunk 0 opened by hand: the message key is BLAKE2b keyed
+ * with the stream key over the label and the header, the chunk
+ * flags || AES-256-GCM(nonce 0) || tag with the flags byte after the AD. */
+static void
+v3_open_chunk0(uint8_t mkey[32], const uint8_t skey[32],
+               const uint8_t header[MG_VAULT_HEADER], uint8_t *ad, size_t adlen,
+               const uint8_t *c, size_t len, uint8_t *plain)
+{
+    static const char label[] = "mailgate vault v3 message key";
+    uint8_t iv[12] = {0};
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int n = 0, m = 0;
+
+    crypto_generichash_state g;
+    crypto_generichash_init(&g, skey, 32, 32);
+    crypto_generichash_update(&g, (const uint8_t *)label, sizeof(label) - 1);
+    crypto_generichash_update(&g, header, MG_VAULT_HEADER);
+    crypto_generichash_final(&g, mkey, 32);
+    assert_true(len >= 17);
+    assert_int_equal(c[0], 0); /* the envelope is not the last chunk */
+    ad[adlen] = c[0];
+    assert_int_equal(EVP_DecryptInit_ex(x, EVP_aes_256_gcm(), NULL, mkey, iv),
+                     1);
+    assert_int_equal(EVP_DecryptUpdate(x, NULL, &n, ad, (int)adlen + 1), 1);
+    assert_int_equal(EVP_DecryptUpdate(x, plain, &n, c + 1, (int)(len - 17)),
+                     1);
+    assert_int_equal(EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, 16,
+                                         (void *)(c + len - 16)),
+                     1);
+    assert_int_equal(EVP_DecryptFinal_ex(x, plain + n, &m), 1);
+    EVP_CIPHER_CTX_free(x);
+}
+
 /*
  * What the writer caches (the stream key of the mailbox's sender key)
  * and the X25519 output it comes from never reach the data file, while
@@ -1043,7 +1150,7 @@ test_sender_key_not_on_disk(void **state)
     uint8_t swap[MG_VAULT_PK_BYTES];
     uint8_t shared[crypto_scalarmult_BYTES];
     uint8_t skey[crypto_secretstream_xchacha20poly1305_KEYBYTES];
-    uint8_t plain[MG_VAULT_CHUNK];
+    uint8_t plain[MG_VAULT_CHUNK], mkey[2][32];
     crypto_secretstream_xchacha20poly1305_state ss;
     crypto_generichash_state g;
     struct mg_store_writer *w[2];
@@ -1080,7 +1187,7 @@ test_sender_key_not_on_disk(void **state)
     crypto_generichash_update(&g, pk, MG_VAULT_PK_BYTES);
     crypto_generichash_final(&g, skey, sizeof(skey));
     for (int i = 0; i < 2; i++) {
-        uint8_t ad[MG_MAILBOX_ID_MAX + 9];
+        uint8_t ad[MG_MAILBOX_ID_MAX + 10]; /* + scheme 3's flags */
         uint64_t id = mg_store_writer_ids(w[i])[0];
         size_t adlen = strlen(mbox[2]) + 1;
 
@@ -1092,17 +1199,27 @@ test_sender_key_not_on_disk(void **state)
         assert_int_equal(
             mg_rec_chunk_get(st, txn, mbox[2], id, 0, &data, &len, &error),
             MG_OK);
-        assert_int_equal(crypto_secretstream_xchacha20poly1305_init_pull(
-                             &ss, h[i].header, skey),
-                         0);
-        assert_int_equal(crypto_secretstream_xchacha20poly1305_pull(
-                             &ss, plain, NULL, NULL, data, len, ad, adlen),
-                         0);
+        memset(mkey[i], 0, sizeof(mkey[i]));
+        if (h[i].alg == MG_VAULT_ALG_V2) {
+            assert_int_equal(crypto_secretstream_xchacha20poly1305_init_pull(
+                                 &ss, h[i].header, skey),
+                             0);
+            assert_int_equal(crypto_secretstream_xchacha20poly1305_pull(
+                                 &ss, plain, NULL, NULL, data, len, ad, adlen),
+                             0);
+        } else {
+            assert_int_equal(h[i].alg, MG_VAULT_ALG_V3);
+            v3_open_chunk0(mkey[i], skey, h[i].header, ad, adlen, data, len,
+                           plain);
+        }
         mg_store_read_end(st, txn);
         mg_store_writer_free(w[i]);
     }
     assert_true(in_data_file(h[0].epk, MG_VAULT_PK_BYTES));
     assert_false(in_data_file(skey, sizeof(skey)));
+    for (int i = 0; i < 2; i++)
+        if (h[i].alg == MG_VAULT_ALG_V3)
+            assert_false(in_data_file(mkey[i], sizeof(mkey[i])));
     assert_false(in_data_file(shared, sizeof(shared)));
     assert_false(in_data_file(sk, sizeof(sk)));
     sodium_memzero(sk, sizeof(sk));
@@ -1602,9 +1719,10 @@ main(void)
         cmocka_unit_test(test_tamper_truncate),
         cmocka_unit_test(test_tamper_swap),
         cmocka_unit_test(test_tamper_move),
-        cmocka_unit_test(test_scheme2_sender_key),
+        cmocka_unit_test(test_sender_key),
         cmocka_unit_test(test_tamper_sender_key),
         cmocka_unit_test(test_scheme1_readable),
+        cmocka_unit_test(test_mixed_schemes),
         cmocka_unit_test(test_sender_key_not_on_disk),
         cmocka_unit_test(test_held_publish_discard),
         cmocka_unit_test(test_free_uncommitted),
@@ -1614,5 +1732,23 @@ main(void)
         cmocka_unit_test(test_big_flat_memory),
     };
 
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    /* the scheme-specific ones again with store.cipher = xchacha20poly1305
+     * (scheme 2), which the first group gets only where the CPU has no
+     * AES instructions */
+    const struct CMUnitTest tests_v2[] = {
+        cmocka_unit_test(test_round_trip_one),
+        cmocka_unit_test(test_round_trip_three),
+        cmocka_unit_test(test_tamper_flip),
+        cmocka_unit_test(test_tamper_truncate),
+        cmocka_unit_test(test_tamper_swap),
+        cmocka_unit_test(test_tamper_move),
+        cmocka_unit_test(test_sender_key),
+        cmocka_unit_test(test_tamper_sender_key),
+        cmocka_unit_test(test_scheme1_readable),
+        cmocka_unit_test(test_sender_key_not_on_disk),
+    };
+    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+
+    return failed + cmocka_run_group_tests_name("scheme 2", tests_v2,
+                                                group_setup_v2, group_teardown);
 }

@@ -398,7 +398,7 @@ test_open_format_epoch(void **state)
     assert_int_equal(mg_store_read_begin(f->st, &txn, &error), MG_OK);
     assert_int_equal(mdb_get(txn, mg_store_dbs(f->st)->meta, &k, &v), 0);
     assert_int_equal(v.mv_size, 4);
-    assert_memory_equal(v.mv_data, "\0\0\0\3", 4);
+    assert_memory_equal(v.mv_data, "\0\0\0\4", 4);
     mg_store_read_end(f->st, txn);
     assert_false(mg_store_low_space(f->st));
 
@@ -418,25 +418,33 @@ test_open_format_epoch(void **state)
     assert_non_null(strstr(error, "store format 1 is older"));
     cfg.read_only = false;
 
-    /* format 2 (scheme 1 messages only) is read as it is; the first
-     * writable open makes it 3, which a version that knows only scheme 1
-     * refuses (below) instead of failing message by message */
-    set_format(f->path, 2);
-    cfg.read_only = true;
-    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_OK);
-    assert_int_equal(store_format(st2), 2);
-    mg_store_close(st2);
-    cfg.read_only = false;
-    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_OK);
-    assert_int_equal(store_format(st2), 3);
-    assert_string_equal(mg_store_epoch(st2), epoch);
-    mg_store_close(st2);
+    /* formats 2 (scheme 1 messages only) and 3 (schemes 1 and 2) are
+     * read as they are; the first writable open makes them 4, which a
+     * version that knows fewer schemes refuses (below: what a format 3
+     * binary says of format 4 is what this one says of format 5) instead
+     * of failing message by message */
+    for (uint8_t old = 2; old <= 3; old++) {
+        set_format(f->path, old);
+        cfg.read_only = true;
+        assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_OK);
+        assert_int_equal(store_format(st2), old);
+        mg_store_close(st2);
+        cfg.read_only = false;
+        assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_OK);
+        assert_int_equal(store_format(st2), 4);
+        assert_string_equal(mg_store_epoch(st2), epoch);
+        mg_store_close(st2);
+    }
 
     /* a newer format is refused with a clear message */
-    set_format(f->path, 4);
+    set_format(f->path, 5);
     assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_ERROR);
-    assert_non_null(strstr(error, "store format 4 is newer"));
+    assert_non_null(strstr(error, "store format 5 is newer"));
     assert_non_null(strstr(error, "upgrade mailgated"));
+    cfg.read_only = true;
+    assert_int_equal(mg_store_open(&cfg, &st2, &error), MG_ERROR);
+    assert_non_null(strstr(error, "store format 5 is newer"));
+    cfg.read_only = false;
     f->st = open_store(f->dir, 0, false); /* for teardown: another store */
 }
 
