@@ -31,6 +31,12 @@
 #define PSMTP_REPLY_LINES 100
 #define PSMTP_LINE_MAX    998
 #define PSMTP_PIECE       (64 * 1024)
+/* Message data bound upstream is held until more than this has gathered:
+ * a small message (or the tail of a big one) then goes with the final "."
+ * in one write once the copy is committed, and small pieces go together;
+ * more goes at once, so that the upstream takes a big message in while
+ * the copy is being committed. */
+#define PSMTP_HOLD (8 * 1024)
 
 /** One upstream reply being read (proxy_smtp_reply.c). */
 struct psmtp_reply {
@@ -161,7 +167,7 @@ struct psmtp_session {
     struct mg_msg_writer *w;
     bool w_committed;
     struct psmtp_stuff stuff;
-    char *ubuf, *sbuf; /* upstream / copy pieces */
+    char *ubuf, *sbuf; /* upstream (up to PSMTP_HOLD held) / copy pieces */
     size_t ulen, ucap, slen, scap;
     bool s_wait;          /* msg_write said MG_AGAIN */
     bool u_wait;          /* the upstream's queue is over its mark */

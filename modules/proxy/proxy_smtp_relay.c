@@ -360,16 +360,17 @@ tee_step(struct psmtp_session *s)
     if (!s->converted) {
         size_t need = 2 * s->tee_len + 8;
 
-        buf_need(&s->ubuf, &s->ucap, need);
+        /* a small tail stays in ubuf (see PSMTP_HOLD) */
+        buf_need(&s->ubuf, &s->ucap, s->ulen + need);
         buf_need(&s->sbuf, &s->scap, s->slen + need);
-        s->ulen = 0;
         psmtp_stuff(&s->stuff, s->tee_data, s->tee_len, s->ubuf, &s->ulen,
                     s->sbuf, &s->slen);
         if (s->tee_last)
             psmtp_stuff_end(&s->stuff, s->ubuf, &s->ulen, s->sbuf, &s->slen);
-        if (s->ulen > 0)
+        else if (s->ulen > PSMTP_HOLD) {
             psmtp_upstream_send(s, s->ubuf, s->ulen);
-        s->ulen = 0;
+            s->ulen = 0;
+        }
         s->converted = true;
     }
     if (s->slen > 0 && !s->w_failed) {
@@ -625,9 +626,13 @@ end_committed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
         /* the upstream went away before the "." */
         end_settle(s, PSET_NOT_SENT);
     } else {
+        /* the held tail and the "." in one write */
+        buf_need(&s->ubuf, &s->ucap, s->ulen + 3);
+        memcpy(s->ubuf + s->ulen, ".\r\n", 3);
         s->dot_sent = true;
         s->phase = PS_DOT;
-        send_line(s, ".");
+        psmtp_upstream_send(s, s->ubuf, s->ulen + 3);
+        s->ulen = 0;
     }
     psmtp_leave(s);
 }
