@@ -28,6 +28,20 @@ def cpu_seconds(pid):
     return (int(t[11]) + int(t[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def switches(pid):
+    """context switches (voluntary + not) of all of pid's threads"""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        n += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended
+    return n
+
+
 def load(a, port, size, conc, n, user=None, tls=True):
     cmd = [a.load, "-p", str(port), "-c", str(conc), "-n", str(n),
            "-m", str(a.m), "-s", str(size)]
@@ -93,13 +107,16 @@ def main():
                 for t in order:
                     port, user, tls, pid = targets[t]
                     c0 = cpu_seconds(pid or a.gw_pid)
+                    s0 = switches(pid or a.gw_pid)
                     f = load(a, port, size, conc, a.n, user, tls)
                     gw = cpu_seconds(pid or a.gw_pid) - c0
+                    sw = switches(pid or a.gw_pid) - s0
                     if f is None:
                         line = "smtpproxy run=%d target=%s size=%d conc=%d FAILED" % (
                             run, t, size, conc)
                     else:
                         f["gw_cpu_ms/msg"] = "%.3f" % (gw * 1e3 / a.n)
+                        f["gw_csw/msg"] = "%.1f" % (sw / a.n)
                         line = "smtpproxy run=%d target=%s size=%d conc=%d m=%d %s" % (
                             run, t, size, conc, a.m,
                             " ".join("%s=%s" % kv for kv in f.items()))
@@ -116,10 +133,12 @@ def summary(rows, sizes, concs, a):
         return statistics.median(v) if v else None, v
 
     print("messages/s, median of %d runs (each run); sessions of %d messages;"
-          " mailgated CPU ms/msg (median); generator CPU ms/msg (median)"
+          " mailgated CPU ms/msg (median); generator CPU ms/msg (median);"
+          " mailgated's context switches per message (all threads, median)"
           % (a.runs, a.m))
-    print("%-6s %3s  %-8s %8s  %-22s %9s %9s" % (
-        "size", "c", "target", "msgs/s", "runs", "gw_cpu", "gen_cpu"))
+    print("%-6s %3s  %-8s %8s  %-22s %9s %9s %7s" % (
+        "size", "c", "target", "msgs/s", "runs", "gw_cpu", "gen_cpu",
+        "gw_csw"))
     for size in sizes:
         for conc in concs:
             for t in ("direct", "proxy", "base", "sink"):
@@ -128,9 +147,12 @@ def summary(rows, sizes, concs, a):
                     continue
                 g, _ = med(t, size, conc, "gw_cpu_ms/msg")
                 c, _ = med(t, size, conc, "cpu_ms_per_msg")
-                print("%-6d %3d  %-8s %8.0f  %-22s %9s %9.3f" % (
+                w, _ = med(t, size, conc, "gw_csw/msg")
+                gw = t in ("proxy", "base")
+                print("%-6d %3d  %-8s %8.0f  %-22s %9s %9.3f %7s" % (
                     size, conc, t, m, " ".join("%.0f" % x for x in v),
-                    "%.3f" % g if t in ("proxy", "base") else "-", c))
+                    "%.3f" % g if gw else "-", c,
+                    "%.1f" % w if gw else "-"))
     for m in ("proxy", "base"):
         if not any(r[1] == m for r in rows):
             continue

@@ -174,6 +174,7 @@ struct psmtp_session {
     bool logged_in;       /* the upstream accepted the login */
     bool dot_sent;        /* the final "." went upstream */
     bool converted;       /* the tee piece in hand went upstream */
+    bool data_refused;    /* s->out: the upstream's refusal of DATA */
     bool w_failed;        /* msg_write failed: the commit will too */
     const char *tee_data; /* the tee piece in hand (valid while suspended) */
     size_t tee_len;

@@ -7,7 +7,12 @@
  * The message goes upstream as dot-stuffed DATA (whether the client sent
  * DATA or BDAT: RFC 3030 chunks become one DATA stream, so the upstream
  * needs no CHUNKING) and, at the same time, into the mailbox as a pending
- * copy. At the end of the data:
+ * copy. The client's DATA gets its 354 at once, with the DATA sent
+ * upstream: the two round trips overlap, and the data waits for the
+ * upstream's 354 (an upstream that refuses DATA has its refusal given at
+ * the end of the data instead). Data bound upstream is held until more
+ * than PSMTP_HOLD has gathered, so a small message goes with the final
+ * "." in one write. At the end of the data:
  *
  *   1. the copy is committed durably, but held (msg_commit, publish false);
  *   2. only then does the final "." go upstream;
@@ -156,6 +161,7 @@ proxy_smtp_mail(struct mg_hook_call *call, void *arg)
         return MG_PASS;
     if (s->up == NULL)
         return answer_gone(s, call);
+    s->data_refused = false; /* a refusal no data piece took */
     if (h->smtputf8 && !s->caps.smtputf8)
         return answer(s, call, MG_PERMFAIL, 553, "5.6.7",
                       "The upstream %s does not support SMTPUTF8",
@@ -344,10 +350,13 @@ proxy_smtp_data(struct mg_hook_call *call, void *arg)
                       "The message cannot be archived now, so it is not "
                       "sent; try again later");
     }
+    /* the client gets its 354 at once and sends while the upstream's is
+     * on its way: the upstream's DATA round trip overlaps the client's.
+     * Its data wait (PW_TEE) until the upstream's 354; an upstream that
+     * refuses DATA has its refusal given for the data instead. */
     s->phase = PS_DATA;
     send_line(s, "DATA");
-    suspend(s, call, PW_DATA);
-    return MG_SUSPEND;
+    return MG_ACCEPT; /* the engine's 354 */
 }
 
 static void store_resume(uint64_t conn_id, void *arg);
@@ -438,6 +447,12 @@ proxy_smtp_tee(struct mg_hook_call *call, void *arg)
         return MG_PASS;
     if (s->up == NULL)
         return answer_gone(s, call);
+    if (s->data_refused) {
+        /* the upstream refused DATA after the client had its 354 */
+        s->data_refused = false;
+        psmtp_reply_out(&s->out, ecode_of(s->out.code, NULL), &call->reply);
+        return verdict_of(s->out.code);
+    }
     s->tee_data = h->data;
     s->tee_len = h->len;
     s->tee_last = h->last;
@@ -455,6 +470,10 @@ proxy_smtp_tee(struct mg_hook_call *call, void *arg)
         s->phase = PS_DATA;
         send_line(s, "DATA");
         suspend(s, call, PW_TEE);
+        return MG_SUSPEND;
+    }
+    if (s->phase == PS_DATA) {
+        suspend(s, call, PW_TEE); /* until the upstream's 354 */
         return MG_SUSPEND;
     }
     if (s->phase != PS_STREAM)
@@ -738,7 +757,13 @@ psmtp_relay_reply(struct psmtp_session *s)
         }
         s->phase = PS_READY; /* txn_open: the next MAIL sends RSET */
         psmtp_relay_release(s);
-        psmtp_resume_reply(s, v, ecode_of(code, NULL));
+        if (s->wait == PW_DATA || s->wait == PW_TEE) {
+            psmtp_resume_reply(s, v, ecode_of(code, NULL));
+        } else {
+            /* between the client's 354 and its first data piece */
+            psmtp_reply_keep(s);
+            s->data_refused = true;
+        }
         return;
     case PS_DOT:
         s->phase = PS_READY;
