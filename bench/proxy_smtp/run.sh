@@ -230,7 +230,7 @@ done
 [ -S "$WORK/postfix-auth" ] || sleep 1
 
 if [ -n "${PERF:-}" ]; then
-    perf record -g -o "$PERF" -p "$GW" >/dev/null 2>&1 &
+    perf record ${PERF_ARGS:--g} -o "$PERF" -p "$GW" >/dev/null 2>&1 &
     PERFPID=$!
 fi
 if [ -n "${STRACE:-}" ]; then

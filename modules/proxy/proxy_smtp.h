@@ -116,8 +116,9 @@ enum psmtp_wait {
     PW_LOGIN, /* smtp.auth */
     PW_MAIL,  /* smtp.mail */
     PW_RCPT,  /* smtp.rcpt */
-    PW_DATA,  /* smtp.data (DATA), or the first tee piece (BDAT) */
-    PW_TEE,   /* a tee piece waits for the store or the upstream */
+    PW_TEE,   /* a tee piece waits for the upstream's 354 (DATA sent at
+                 the client's DATA or its first BDAT piece), the store or
+                 the upstream's queue */
     PW_END,   /* smtp.data.end: commit, dot, publish/discard */
 };
 

@@ -741,14 +741,8 @@ psmtp_relay_reply(struct psmtp_session *s)
     case PS_DATA:
         if (code == 354) {
             s->phase = PS_STREAM;
-            if (s->wait == PW_DATA) {
-                psmtp_resume_reply(s, MG_ACCEPT, NULL);
-            } else if (s->wait == PW_TEE) {
-                enum mg_verdict t = tee_step(s);
-
-                if (t != MG_SUSPEND)
-                    psmtp_resume_text(s, MG_PASS, 0, NULL, "%s", "");
-            }
+            if (s->wait == PW_TEE && tee_step(s) != MG_SUSPEND)
+                psmtp_resume_text(s, MG_PASS, 0, NULL, "%s", "");
             return;
         }
         if (v != MG_TEMPFAIL && v != MG_PERMFAIL) {
@@ -757,7 +751,7 @@ psmtp_relay_reply(struct psmtp_session *s)
         }
         s->phase = PS_READY; /* txn_open: the next MAIL sends RSET */
         psmtp_relay_release(s);
-        if (s->wait == PW_DATA || s->wait == PW_TEE) {
+        if (s->wait == PW_TEE) {
             psmtp_resume_reply(s, v, ecode_of(code, NULL));
         } else {
             /* between the client's 354 and its first data piece */
@@ -788,7 +782,6 @@ psmtp_relay_lost(struct psmtp_session *s)
     switch (s->wait) {
     case PW_MAIL:
     case PW_RCPT:
-    case PW_DATA:
     case PW_TEE:
         psmtp_resume_text(s, MG_TEMPFAIL, 451, "4.4.2",
                           "The connection to the upstream %s was lost (%s)",
