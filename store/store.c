@@ -85,6 +85,8 @@ struct mg_store {
     struct mg_store_op *head, *tail;
     struct mg_store_op *lazy_head, *lazy_tail; /* ride with the next batch */
     struct timespec lazy_due; /* CLOCK_MONOTONIC: commit them alone then */
+    struct timespec linger;   /* the writer wakes then after a batch */
+    bool lingering;           /* ... and waits for it: no lazy signal */
     size_t queued_bytes;      /* queued + the batch being committed */
     bool stopping;
     bool writer_running;
@@ -746,6 +748,16 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
         store_reopen(st);
 }
 
+/* STORE_LAZY_DELAY_MS from now (CLOCK_MONOTONIC). */
+static void
+store_lazy_due(struct timespec *t)
+{
+    clock_gettime(CLOCK_MONOTONIC, t);
+    t->tv_nsec += STORE_LAZY_DELAY_MS * 1000000L;
+    t->tv_sec += t->tv_nsec / 1000000000L;
+    t->tv_nsec %= 1000000000L;
+}
+
 /* Take the ops of the next batch off the queues (qlock held): every lazy
  * op, then queued ops up to the batch limits (at least one). */
 static struct mg_store_op *
@@ -790,14 +802,25 @@ store_writer(void *arg)
     pthread_mutex_lock(&st->qlock);
     for (;;) {
         /* no transaction is open while waiting; lazy ops alone wait until
-         * they are due (or the store closes) */
+         * they are due (or the store closes). After a batch the writer
+         * lingers for STORE_LAZY_DELAY_MS: a lazy op queued meanwhile
+         * (the proxy's publish, right after its commit) needs no wake-up
+         * of its own: it rides with the next batch, or the writer, awake
+         * at the linger's end, then waits until it is due. */
         while (st->head == NULL && !st->stopping) {
-            if (st->lazy_head == NULL)
+            if (st->lazy_head != NULL) {
+                if (pthread_cond_timedwait(&st->qcond, &st->qlock,
+                                           &st->lazy_due) == ETIMEDOUT)
+                    break;
+            } else if (st->lingering) {
+                if (pthread_cond_timedwait(&st->qcond, &st->qlock,
+                                           &st->linger) == ETIMEDOUT)
+                    st->lingering = false; /* lazy ops wait till due */
+            } else {
                 pthread_cond_wait(&st->qcond, &st->qlock);
-            else if (pthread_cond_timedwait(&st->qcond, &st->qlock,
-                                            &st->lazy_due) == ETIMEDOUT)
-                break;
+            }
         }
+        st->lingering = false;
         if (st->head == NULL && st->lazy_head == NULL)
             break;
         batch = store_take_batch(st, &bytes);
@@ -807,6 +830,8 @@ store_writer(void *arg)
 
         pthread_mutex_lock(&st->qlock);
         st->queued_bytes -= bytes;
+        store_lazy_due(&st->linger);
+        st->lingering = true; /* before the completions: see store_writer */
         pthread_mutex_unlock(&st->qlock);
         for (op = batch; op != NULL; op = next) {
             next = op->next; /* op may be gone after complete */
@@ -819,10 +844,14 @@ store_writer(void *arg)
     return NULL;
 }
 
-/* Queue an op at the tail of the normal or the lazy queue. */
+/* Queue an op at the tail of the normal or the lazy queue. The writer is
+ * signalled after the lock is let go: woken under it, it would only block
+ * on the lock again (two more futex calls and a switch). */
 static void
 store_enqueue(struct mg_store *st, struct mg_store_op *op, bool lazy)
 {
+    bool wake = false;
+
     op->next = NULL;
     pthread_mutex_lock(&st->qlock);
     if (!st->writer_running) {
@@ -837,23 +866,21 @@ store_enqueue(struct mg_store *st, struct mg_store_op *op, bool lazy)
         else
             st->head = op;
         st->tail = op;
-        pthread_cond_signal(&st->qcond);
+        wake = true;
     } else if (st->lazy_tail != NULL) {
         st->lazy_tail->next = op; /* due with the first one */
         st->lazy_tail = op;
     } else {
-        struct timespec now;
-
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        now.tv_nsec += STORE_LAZY_DELAY_MS * 1000000L;
-        now.tv_sec += now.tv_nsec / 1000000000L;
-        now.tv_nsec %= 1000000000L;
-        st->lazy_due = now;
+        store_lazy_due(&st->lazy_due);
         st->lazy_head = st->lazy_tail = op;
-        pthread_cond_signal(&st->qcond); /* an idle writer sets its alarm */
+        /* an idle writer sets its alarm; a lingering one wakes before
+         * this op is due anyway, and sets it then */
+        wake = !st->lingering;
     }
     st->queued_bytes += op->bytes;
     pthread_mutex_unlock(&st->qlock);
+    if (wake)
+        pthread_cond_signal(&st->qcond);
 }
 
 void

@@ -6,10 +6,11 @@ run.sh starts everything and calls this).
 Per run, per size and concurrency, the targets take turns (their order
 alternates between runs): `direct` (smtpload to Postfix: STARTTLS, AUTH,
 N messages), `proxy` (the same through mailgate, which relays to that
-Postfix and records every message) and `sink` (smtpload to smtp-sink,
-plain SMTP without AUTH: the generator's and protocol loop's ceiling).
-mailgated's CPU (utime+stime of all its threads, /proc/PID/stat) is read
-around each proxy configuration.
+Postfix and records every message), `base` (the same through a second
+mailgated, another build: a before/after comparison in one run) and `sink`
+(smtpload to smtp-sink, plain SMTP without AUTH: the generator's and
+protocol loop's ceiling). Each mailgated's CPU (utime+stime of all its
+threads, /proc/PID/stat) is read around its own turns.
 
 Raw lines (key=value) go to --out; the summary (medians, ratios, CPU per
 message against the issue's budget) to stdout.
@@ -25,6 +26,20 @@ def cpu_seconds(pid):
     with open("/proc/%d/stat" % pid) as f:
         t = f.read().rsplit(")", 1)[1].split()
     return (int(t[11]) + int(t[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def switches(pid):
+    """context switches (voluntary + not) of all of pid's threads"""
+    n = 0
+    for t in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
+                for line in f:
+                    if "ctxt_switches:" in line:
+                        n += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended
+    return n
 
 
 def load(a, port, size, conc, n, user=None, tls=True):
@@ -60,20 +75,25 @@ def main():
     ap.add_argument("--password", required=True)
     ap.add_argument("--proxy-user", required=True)
     ap.add_argument("--gw-pid", type=int, required=True)
+    ap.add_argument("--base", type=int, help="a second mailgated's port")
+    ap.add_argument("--base-user")
+    ap.add_argument("--base-pid", type=int)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--targets", default="direct,proxy,sink",
-                    help="a subset of direct,proxy,sink")
+    ap.add_argument("--targets", default="direct,proxy,base,sink",
+                    help="a subset of direct,proxy,base,sink")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     concs = [int(x) for x in a.conc.split(",")]
-    targets = {"direct": (a.direct, a.user, True),
-               "proxy": (a.proxy, a.proxy_user, True)}
+    targets = {"direct": (a.direct, a.user, True, None),
+               "proxy": (a.proxy, a.proxy_user, True, a.gw_pid)}
+    if a.base:
+        targets["base"] = (a.base, a.base_user, True, a.base_pid)
     if a.sink:
-        targets["sink"] = (a.sink, None, False)
+        targets["sink"] = (a.sink, None, False, None)
     targets = {t: v for t, v in targets.items() if t in a.targets.split(",")}
 
     # warm-up: TLS, page cache, Postfix's and mailgate's processes
-    for t, (port, user, tls) in targets.items():
+    for t, (port, user, tls, _) in targets.items():
         load(a, port, 4096, 2, 40, user, tls)
 
     rows = []
@@ -85,15 +105,18 @@ def main():
                 if run % 2 == 0:
                     order.reverse()
                 for t in order:
-                    port, user, tls = targets[t]
-                    c0 = cpu_seconds(a.gw_pid)
+                    port, user, tls, pid = targets[t]
+                    c0 = cpu_seconds(pid or a.gw_pid)
+                    s0 = switches(pid or a.gw_pid)
                     f = load(a, port, size, conc, a.n, user, tls)
-                    gw = cpu_seconds(a.gw_pid) - c0
+                    gw = cpu_seconds(pid or a.gw_pid) - c0
+                    sw = switches(pid or a.gw_pid) - s0
                     if f is None:
                         line = "smtpproxy run=%d target=%s size=%d conc=%d FAILED" % (
                             run, t, size, conc)
                     else:
                         f["gw_cpu_ms/msg"] = "%.3f" % (gw * 1e3 / a.n)
+                        f["gw_csw/msg"] = "%.1f" % (sw / a.n)
                         line = "smtpproxy run=%d target=%s size=%d conc=%d m=%d %s" % (
                             run, t, size, conc, a.m,
                             " ".join("%s=%s" % kv for kv in f.items()))
@@ -110,43 +133,63 @@ def summary(rows, sizes, concs, a):
         return statistics.median(v) if v else None, v
 
     print("messages/s, median of %d runs (each run); sessions of %d messages;"
-          " mailgated CPU ms/msg (median); generator CPU ms/msg (median)"
+          " mailgated CPU ms/msg (median); generator CPU ms/msg (median);"
+          " mailgated's context switches per message (all threads, median)"
           % (a.runs, a.m))
-    print("%-6s %3s  %-8s %8s  %-22s %9s %9s" % (
-        "size", "c", "target", "msgs/s", "runs", "gw_cpu", "gen_cpu"))
+    print("%-6s %3s  %-8s %8s  %-22s %9s %9s %7s" % (
+        "size", "c", "target", "msgs/s", "runs", "gw_cpu", "gen_cpu",
+        "gw_csw"))
     for size in sizes:
         for conc in concs:
-            for t in ("direct", "proxy", "sink"):
+            for t in ("direct", "proxy", "base", "sink"):
                 m, v = med(t, size, conc, "msgs/s")
                 if m is None:
                     continue
                 g, _ = med(t, size, conc, "gw_cpu_ms/msg")
                 c, _ = med(t, size, conc, "cpu_ms_per_msg")
-                print("%-6d %3d  %-8s %8.0f  %-22s %9s %9.3f" % (
+                w, _ = med(t, size, conc, "gw_csw/msg")
+                gw = t in ("proxy", "base")
+                print("%-6d %3d  %-8s %8.0f  %-22s %9s %9.3f %7s" % (
                     size, conc, t, m, " ".join("%.0f" % x for x in v),
-                    "%.3f" % g if t == "proxy" else "-", c))
-    print("proxy / direct, median of the per-run ratios [each run] (target >= 0.9x);"
-          " mailgated CPU per message against 0.3 ms + 3 ms/MiB:")
-    for size in sizes:
-        budget = 0.3 + 3.0 * size / (1 << 20)
-        for conc in concs:
-            rs = []
-            for run in sorted({r[0] for r in rows}):
-                d = [f for r, t, s, c, f in rows
-                     if (r, t, s, c) == (run, "direct", size, conc)]
-                p = [f for r, t, s, c, f in rows
-                     if (r, t, s, c) == (run, "proxy", size, conc)]
-                if d and p:
-                    rs.append(float(p[0]["msgs/s"]) / float(d[0]["msgs/s"]))
-            if not rs:
-                continue
-            r = statistics.median(rs)
-            g, _ = med("proxy", size, conc, "gw_cpu_ms/msg")
-            print("  %6d B c=%d: %4.2fx [%s]%s   cpu %.3f ms/msg (budget %.3f)%s"
-                  % (size, conc, r, " ".join("%.2f" % x for x in rs),
-                     "" if r >= 0.9 else " MISSED", g, budget,
-                     "" if g <= budget else " MISSED"))
+                    "%.3f" % g if gw else "-", c,
+                    "%.1f" % w if gw else "-"))
+    for m in ("proxy", "base"):
+        if not any(r[1] == m for r in rows):
+            continue
+        print("%s / direct, median of the per-run ratios [each run] (target >= 0.9x);"
+              " mailgated CPU per message against 0.3 ms + 3 ms/MiB:" % m)
+        for size in sizes:
+            budget = 0.3 + 3.0 * size / (1 << 20)
+            for conc in concs:
+                rs = ratios(rows, m, "direct", size, conc)
+                if not rs:
+                    continue
+                r = statistics.median(rs)
+                g, _ = med(m, size, conc, "gw_cpu_ms/msg")
+                print("  %6d B c=%d: %4.2fx [%s]%s   cpu %.3f ms/msg (budget %.3f)%s"
+                      % (size, conc, r, " ".join("%.2f" % x for x in rs),
+                         "" if r >= 0.9 else " MISSED", g, budget,
+                         "" if g <= budget else " MISSED"))
+    if any(r[1] == "base" for r in rows):
+        print("proxy / base, median of the per-run ratios [each run]:")
+        for size in sizes:
+            for conc in concs:
+                rs = ratios(rows, "proxy", "base", size, conc)
+                if rs:
+                    print("  %6d B c=%d: %4.2fx [%s]" % (
+                        size, conc, statistics.median(rs),
+                        " ".join("%.2f" % x for x in rs)))
 
+
+def ratios(rows, num, den, size, conc):
+    """num's msgs/s over den's, one ratio per run that has both"""
+    rs = []
+    for run in sorted({r[0] for r in rows}):
+        n = [f for r, t, s, c, f in rows if (r, t, s, c) == (run, num, size, conc)]
+        d = [f for r, t, s, c, f in rows if (r, t, s, c) == (run, den, size, conc)]
+        if n and d:
+            rs.append(float(n[0]["msgs/s"]) / float(d[0]["msgs/s"]))
+    return rs
 
 if __name__ == "__main__":
     main()

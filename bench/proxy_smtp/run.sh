@@ -28,8 +28,13 @@
 # /proc/PID/stat (utime+stime), as the machine's is shared.
 #
 # SIZES=4096 CONC=1 TARGETS=proxy narrow the grid (default: 4096,65536 /
-# 1,8 / direct,proxy,sink). PERF=FILE records a CPU profile of mailgated over the whole drive
-# (perf record -g); KEEP=1 keeps the work folder (logs, raw figures).
+# 1,8 / direct,proxy,sink). BASE=DIR (the install prefix of another build,
+# e.g. the branch point's) adds a second mailgated ("base", 127.0.0.1:2643,
+# its own data folder and mailbox) as a fourth target taking its turn in
+# every configuration: a before/after comparison in one run. PERF=FILE
+# records a CPU profile of mailgated over the whole drive (perf record
+# -g); STRACE=FILE its system calls (strace -f -c); KEEP=1 keeps the work
+# folder (logs, raw figures).
 # Run as root.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -42,9 +47,12 @@ PREFIX=${PREFIX:-$top/var/install}
 UP_PORT=2640
 GW_PORT=2641
 SINK_PORT=2642
+BASE=${BASE:-}
+BASE_PORT=2643
+[ -z "$BASE" ] || [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
 [ -f "$PREFIX/lib/mailgate/proxy.so" ] || { echo "no proxy module in $PREFIX" >&2; exit 1; }
-for p in $UP_PORT $GW_PORT $SINK_PORT; do
+for p in $UP_PORT $GW_PORT $SINK_PORT $BASE_PORT; do
     if ss -ltn | grep -q "127.0.0.1:$p "; then
         echo "port $p is in use" >&2
         exit 1
@@ -53,9 +61,10 @@ done
 
 WORK=$(mktemp -d /var/tmp/mailgate-smtpproxy-bench.XXXXXX)
 chmod 0755 "$WORK" # Postfix's and Dovecot's daemons drop privileges
-GW= SINK= DOVECOT=
+GW= BGW= SINK= DOVECOT=
 cleanup() {
     [ -z "$GW" ] || kill "$GW" 2>/dev/null || true
+    [ -z "$BGW" ] || kill "$BGW" 2>/dev/null || true
     [ -z "$SINK" ] || kill "$SINK" 2>/dev/null || true
     postfix -c "$WORK/postfix/conf" stop >/dev/null 2>&1 || true
     [ -z "$DOVECOT" ] || kill "$DOVECOT" 2>/dev/null || true
@@ -178,28 +187,40 @@ smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 256 >/dev/null &
 SINK=$!
 
 # mailgate: smtp (STARTTLS) and the proxy module trusting the CA made here
-G=$WORK/gw
-mkdir -p "$G/data"
-chmod 0700 "$G/data"
-openssl req -x509 "${ec[@]}" -keyout "$G/data/key.pem" -out "$G/data/cert.pem" \
-    -days 2 -subj /CN=localhost >/dev/null 2>&1
-cat >"$G/mailgate.conf" <<CONF
-data_dir = "$G/data";
+# start_gw PREFIX NAME PORT: a mailgated with its own data folder; sets
+# GW_PID and GW_ID
+start_gw() {
+    local prefix=$1 dir=$WORK/$2 port=$3
+    mkdir -p "$dir/data"
+    chmod 0700 "$dir/data"
+    openssl req -x509 "${ec[@]}" -keyout "$dir/data/key.pem" -out "$dir/data/cert.pem" \
+        -days 2 -subj /CN=localhost >/dev/null 2>&1
+    cat >"$dir/mailgate.conf" <<CONF
+data_dir = "$dir/data";
 email_domain = "bench.localdomain";
 log_level = "warning";
 max_connections_per_ip = 1000;
 tls = { cert = "cert.pem"; key = "key.pem"; };
 modules = (
   { name = "smtp"; max_message_size = 104857600;
-    listen = ( { address = "127.0.0.1"; port = $GW_PORT; tls = "starttls"; } ); },
+    listen = ( { address = "127.0.0.1"; port = $port; tls = "starttls"; } ); },
   { name = "proxy"; ca_file = "$T/ca.pem"; allow_targets = [ "127.0.0.1" ]; }
 );
 CONF
-ID=$("$PREFIX/sbin/mailgatectl" -c "$G/mailgate.conf" --json mailbox create --name bench |
-    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-"$PREFIX/sbin/mailgated" -c "$G/mailgate.conf" --foreground 2>"$G/mailgated.log" &
-GW=$!
-for p in $UP_PORT $GW_PORT $SINK_PORT; do
+    GW_ID=$("$prefix/sbin/mailgatectl" -c "$dir/mailgate.conf" --json mailbox create --name bench |
+        /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    "$prefix/sbin/mailgated" -c "$dir/mailgate.conf" --foreground 2>"$dir/mailgated.log" &
+    GW_PID=$!
+}
+start_gw "$PREFIX" gw "$GW_PORT"
+GW=$GW_PID ID=$GW_ID
+PORTS="$UP_PORT $GW_PORT $SINK_PORT"
+if [ -n "$BASE" ]; then
+    start_gw "$BASE" base "$BASE_PORT"
+    BGW=$GW_PID BID=$GW_ID
+    PORTS="$PORTS $BASE_PORT"
+fi
+for p in $PORTS; do
     for _ in $(seq 100); do
         ss -ltn | grep -q "127.0.0.1:$p " && break
         sleep 0.1
@@ -209,8 +230,12 @@ done
 [ -S "$WORK/postfix-auth" ] || sleep 1
 
 if [ -n "${PERF:-}" ]; then
-    perf record -g -o "$PERF" -p "$GW" >/dev/null 2>&1 &
+    perf record ${PERF_ARGS:--g} -o "$PERF" -p "$GW" >/dev/null 2>&1 &
     PERFPID=$!
+fi
+if [ -n "${STRACE:-}" ]; then
+    strace -f ${STRACE_ARGS:--c} -o "$STRACE" -p "$GW" 2>/dev/null &
+    STRACEPID=$!
 fi
 RAW=${RAW:-$WORK/proxy_smtp.raw}
 /usr/bin/python3 "$top/bench/proxy_smtp/drive.py" --load "$WORK/smtpload" \
@@ -218,19 +243,29 @@ RAW=${RAW:-$WORK/proxy_smtp.raw}
     --direct "$UP_PORT" --proxy "$GW_PORT" --sink "$SINK_PORT" \
     --user benchuser --password benchpass \
     --proxy-user "benchuser%localhost:$UP_PORT%$ID" \
-    --gw-pid "$GW" --out "$RAW" ${TARGETS:+--targets "$TARGETS"}
+    --gw-pid "$GW" --out "$RAW" ${TARGETS:+--targets "$TARGETS"} \
+    ${BASE:+--base "$BASE_PORT" --base-user "benchuser%localhost:$UP_PORT%$BID" --base-pid "$BGW"}
 if [ -n "${PERF:-}" ]; then
     kill -INT "$PERFPID"
     wait "$PERFPID" || true
 fi
+if [ -n "${STRACE:-}" ]; then
+    kill -INT "$STRACEPID"
+    wait "$STRACEPID" || true
+fi
 # every proxied message reached the upstream and is in the mailbox (the
 # proxy publishes lazily: the last copies are listed up to 100 ms later)
 sleep 0.3
-STORED=$("$PREFIX/sbin/mailgatectl" -c "$G/mailgate.conf" --json mailbox show "$ID" |
-    /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])')
-echo "mailbox holds: $STORED messages; Postfix accepted: $(grep -c 'status=sent ' "$P/maillog" || true)"
+stored() {
+    "$1/sbin/mailgatectl" -c "$WORK/$2/mailgate.conf" --json mailbox show "$3" |
+        /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["messages"])'
+}
+echo "mailbox holds: $(stored "$PREFIX" gw "$ID") messages${BASE:+ (base: $(stored "$BASE" base "$BID"))};" \
+    "Postfix accepted: $(grep -c 'status=sent ' "$P/maillog" || true)"
 echo "mailgated peak RSS: $(awk '/VmHWM/{print $2}' "/proc/$GW/status") kB"
-if grep -qi "error\|warn" "$G/mailgated.log"; then
-    echo "mailgated log:"
-    tail -20 "$G/mailgated.log"
-fi
+for g in gw ${BASE:+base}; do
+    if grep -qi "error\|warn" "$WORK/$g/mailgated.log"; then
+        echo "mailgated ($g) log:"
+        tail -20 "$WORK/$g/mailgated.log"
+    fi
+done

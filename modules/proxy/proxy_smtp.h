@@ -31,6 +31,12 @@
 #define PSMTP_REPLY_LINES 100
 #define PSMTP_LINE_MAX    998
 #define PSMTP_PIECE       (64 * 1024)
+/* Message data bound upstream is held until more than this has gathered:
+ * a small message (or the tail of a big one) then goes with the final "."
+ * in one write once the copy is committed, and small pieces go together;
+ * more goes at once, so that the upstream takes a big message in while
+ * the copy is being committed. */
+#define PSMTP_HOLD (8 * 1024)
 
 /** One upstream reply being read (proxy_smtp_reply.c). */
 struct psmtp_reply {
@@ -110,8 +116,9 @@ enum psmtp_wait {
     PW_LOGIN, /* smtp.auth */
     PW_MAIL,  /* smtp.mail */
     PW_RCPT,  /* smtp.rcpt */
-    PW_DATA,  /* smtp.data (DATA), or the first tee piece (BDAT) */
-    PW_TEE,   /* a tee piece waits for the store or the upstream */
+    PW_TEE,   /* a tee piece waits for the upstream's 354 (DATA sent at
+                 the client's DATA or its first BDAT piece), the store or
+                 the upstream's queue */
     PW_END,   /* smtp.data.end: commit, dot, publish/discard */
 };
 
@@ -161,13 +168,14 @@ struct psmtp_session {
     struct mg_msg_writer *w;
     bool w_committed;
     struct psmtp_stuff stuff;
-    char *ubuf, *sbuf; /* upstream / copy pieces */
+    char *ubuf, *sbuf; /* upstream (up to PSMTP_HOLD held) / copy pieces */
     size_t ulen, ucap, slen, scap;
     bool s_wait;          /* msg_write said MG_AGAIN */
     bool u_wait;          /* the upstream's queue is over its mark */
     bool logged_in;       /* the upstream accepted the login */
     bool dot_sent;        /* the final "." went upstream */
     bool converted;       /* the tee piece in hand went upstream */
+    bool data_refused;    /* s->out: the upstream's refusal of DATA */
     bool w_failed;        /* msg_write failed: the commit will too */
     const char *tee_data; /* the tee piece in hand (valid while suspended) */
     size_t tee_len;

@@ -7,7 +7,12 @@
  * The message goes upstream as dot-stuffed DATA (whether the client sent
  * DATA or BDAT: RFC 3030 chunks become one DATA stream, so the upstream
  * needs no CHUNKING) and, at the same time, into the mailbox as a pending
- * copy. At the end of the data:
+ * copy. The client's DATA gets its 354 at once, with the DATA sent
+ * upstream: the two round trips overlap, and the data waits for the
+ * upstream's 354 (an upstream that refuses DATA has its refusal given at
+ * the end of the data instead). Data bound upstream is held until more
+ * than PSMTP_HOLD has gathered, so a small message goes with the final
+ * "." in one write. At the end of the data:
  *
  *   1. the copy is committed durably, but held (msg_commit, publish false);
  *   2. only then does the final "." go upstream;
@@ -156,6 +161,7 @@ proxy_smtp_mail(struct mg_hook_call *call, void *arg)
         return MG_PASS;
     if (s->up == NULL)
         return answer_gone(s, call);
+    s->data_refused = false; /* a refusal no data piece took */
     if (h->smtputf8 && !s->caps.smtputf8)
         return answer(s, call, MG_PERMFAIL, 553, "5.6.7",
                       "The upstream %s does not support SMTPUTF8",
@@ -344,10 +350,13 @@ proxy_smtp_data(struct mg_hook_call *call, void *arg)
                       "The message cannot be archived now, so it is not "
                       "sent; try again later");
     }
+    /* the client gets its 354 at once and sends while the upstream's is
+     * on its way: the upstream's DATA round trip overlaps the client's.
+     * Its data wait (PW_TEE) until the upstream's 354; an upstream that
+     * refuses DATA has its refusal given for the data instead. */
     s->phase = PS_DATA;
     send_line(s, "DATA");
-    suspend(s, call, PW_DATA);
-    return MG_SUSPEND;
+    return MG_ACCEPT; /* the engine's 354 */
 }
 
 static void store_resume(uint64_t conn_id, void *arg);
@@ -360,16 +369,17 @@ tee_step(struct psmtp_session *s)
     if (!s->converted) {
         size_t need = 2 * s->tee_len + 8;
 
-        buf_need(&s->ubuf, &s->ucap, need);
+        /* a small tail stays in ubuf (see PSMTP_HOLD) */
+        buf_need(&s->ubuf, &s->ucap, s->ulen + need);
         buf_need(&s->sbuf, &s->scap, s->slen + need);
-        s->ulen = 0;
         psmtp_stuff(&s->stuff, s->tee_data, s->tee_len, s->ubuf, &s->ulen,
                     s->sbuf, &s->slen);
         if (s->tee_last)
             psmtp_stuff_end(&s->stuff, s->ubuf, &s->ulen, s->sbuf, &s->slen);
-        if (s->ulen > 0)
+        else if (s->ulen > PSMTP_HOLD) {
             psmtp_upstream_send(s, s->ubuf, s->ulen);
-        s->ulen = 0;
+            s->ulen = 0;
+        }
         s->converted = true;
     }
     if (s->slen > 0 && !s->w_failed) {
@@ -437,6 +447,12 @@ proxy_smtp_tee(struct mg_hook_call *call, void *arg)
         return MG_PASS;
     if (s->up == NULL)
         return answer_gone(s, call);
+    if (s->data_refused) {
+        /* the upstream refused DATA after the client had its 354 */
+        s->data_refused = false;
+        psmtp_reply_out(&s->out, ecode_of(s->out.code, NULL), &call->reply);
+        return verdict_of(s->out.code);
+    }
     s->tee_data = h->data;
     s->tee_len = h->len;
     s->tee_last = h->last;
@@ -454,6 +470,10 @@ proxy_smtp_tee(struct mg_hook_call *call, void *arg)
         s->phase = PS_DATA;
         send_line(s, "DATA");
         suspend(s, call, PW_TEE);
+        return MG_SUSPEND;
+    }
+    if (s->phase == PS_DATA) {
+        suspend(s, call, PW_TEE); /* until the upstream's 354 */
         return MG_SUSPEND;
     }
     if (s->phase != PS_STREAM)
@@ -625,9 +645,13 @@ end_committed(uint64_t conn_id, const struct mg_store_result *res, void *arg)
         /* the upstream went away before the "." */
         end_settle(s, PSET_NOT_SENT);
     } else {
+        /* the held tail and the "." in one write */
+        buf_need(&s->ubuf, &s->ucap, s->ulen + 3);
+        memcpy(s->ubuf + s->ulen, ".\r\n", 3);
         s->dot_sent = true;
         s->phase = PS_DOT;
-        send_line(s, ".");
+        psmtp_upstream_send(s, s->ubuf, s->ulen + 3);
+        s->ulen = 0;
     }
     psmtp_leave(s);
 }
@@ -717,14 +741,8 @@ psmtp_relay_reply(struct psmtp_session *s)
     case PS_DATA:
         if (code == 354) {
             s->phase = PS_STREAM;
-            if (s->wait == PW_DATA) {
-                psmtp_resume_reply(s, MG_ACCEPT, NULL);
-            } else if (s->wait == PW_TEE) {
-                enum mg_verdict t = tee_step(s);
-
-                if (t != MG_SUSPEND)
-                    psmtp_resume_text(s, MG_PASS, 0, NULL, "%s", "");
-            }
+            if (s->wait == PW_TEE && tee_step(s) != MG_SUSPEND)
+                psmtp_resume_text(s, MG_PASS, 0, NULL, "%s", "");
             return;
         }
         if (v != MG_TEMPFAIL && v != MG_PERMFAIL) {
@@ -733,7 +751,13 @@ psmtp_relay_reply(struct psmtp_session *s)
         }
         s->phase = PS_READY; /* txn_open: the next MAIL sends RSET */
         psmtp_relay_release(s);
-        psmtp_resume_reply(s, v, ecode_of(code, NULL));
+        if (s->wait == PW_TEE) {
+            psmtp_resume_reply(s, v, ecode_of(code, NULL));
+        } else {
+            /* between the client's 354 and its first data piece */
+            psmtp_reply_keep(s);
+            s->data_refused = true;
+        }
         return;
     case PS_DOT:
         s->phase = PS_READY;
@@ -758,7 +782,6 @@ psmtp_relay_lost(struct psmtp_session *s)
     switch (s->wait) {
     case PW_MAIL:
     case PW_RCPT:
-    case PW_DATA:
     case PW_TEE:
         psmtp_resume_text(s, MG_TEMPFAIL, 451, "4.4.2",
                           "The connection to the upstream %s was lost (%s)",

@@ -188,12 +188,23 @@ psmtp_stuff_init(struct psmtp_stuff *f)
     f->empty = true;
 }
 
+/* The offset of the first `ch` at or after `from`; len when none. */
+static size_t
+next_of(const char *in, size_t len, size_t from, char ch)
+{
+    const char *p = from < len ? memchr(in + from, ch, len - from) : NULL;
+
+    return p != NULL ? (size_t)(p - in) : len;
+}
+
 void
 psmtp_stuff(struct psmtp_stuff *f, const char *in, size_t len, char *up,
             size_t *uplen, char *copy, size_t *copylen)
 {
     char *u = up + *uplen, *c = copy + *copylen;
-    size_t i = 0;
+    /* the next CR and LF at or after i */
+    size_t i = 0, cr = next_of(in, len, 0, '\r'),
+           lf = next_of(in, len, 0, '\n');
 
     if (len > 0)
         f->empty = false;
@@ -231,10 +242,15 @@ psmtp_stuff(struct psmtp_stuff *f, const char *in, size_t len, char *up,
             *u++ = '.';
         f->bol = false;
         {
-            size_t j = i;
+            size_t j;
 
-            while (j < len && in[j] != '\r' && in[j] != '\n')
-                j++;
+            /* memchr, each position found once: a line costs two vector
+             * scans instead of a loop over its bytes */
+            if (cr < i)
+                cr = next_of(in, len, i, '\r');
+            if (lf < i)
+                lf = next_of(in, len, i, '\n');
+            j = cr < lf ? cr : lf;
             memcpy(u, in + i, j - i);
             memcpy(c, in + i, j - i);
             u += j - i;

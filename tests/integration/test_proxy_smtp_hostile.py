@@ -6,21 +6,24 @@ a 4xx; nothing of it reaches the client as a reply of its own. Also: the
 proxy never pipelines, and refuses 8BITMIME for an upstream without it."""
 
 import smtplib
+import time
 
 import pytest
 
 from proxy_smtp_helpers import *  # noqa: F401,F403 (fixtures)
-from proxy_smtp_helpers import (FakeUpstream, login_name, mailbox_create,
-                                message, proxy_client, try_login)
+from proxy_smtp_helpers import (FakeUpstream, copies, login_name,
+                                mailbox_create, message, proxy_client,
+                                store_stat, try_login)
 
 CAPS = [b"PIPELINING", b"SIZE 1000000", b"8BITMIME", b"ENHANCEDSTATUSCODES"]
 
 
-def fake(test_ca, at=None, bad=b"", caps=CAPS, after_starttls=b""):
+def fake(test_ca, at=None, bad=b"", caps=CAPS, after_starttls=b"", delay=0):
     """A fake upstream: STARTTLS, AUTH PLAIN, MAIL/RCPT/DATA. At command
-    `at` ("ehlo", "mail", "rcpt", "dot") it sends `bad` instead of its
-    answer. It notes every command line, and whether one ever arrived
-    before the answer to the one before it (pipelining)."""
+    `at` ("ehlo", "mail", "rcpt", "data", "dot") it sends `bad` instead of
+    its answer (after `delay` seconds). It notes every command line, and
+    whether one ever arrived before the answer to the one before it
+    (pipelining)."""
 
     def script(fu, conn):
         conn.sendall(b"220 fake.test ESMTP\r\n")
@@ -51,6 +54,9 @@ def fake(test_ca, at=None, bad=b"", caps=CAPS, after_starttls=b""):
                 conn.sendall(bad if at == "mail" else b"250 2.1.0 ok\r\n")
             elif verb == b"RCPT":
                 conn.sendall(bad if at == "rcpt" else b"250 2.1.5 ok\r\n")
+            elif verb == b"DATA" and at == "data":
+                time.sleep(delay)
+                conn.sendall(bad)
             elif verb == b"DATA":
                 conn.sendall(b"354 go\r\n")
                 while True:
@@ -144,6 +150,37 @@ def test_hostile_replies_in_the_session(gateway, fakes, certs, at):
     code, text = s.docmd("MAIL", "FROM:<a@upstream.test>")
     assert code == 451 and b"log in again" in text, (code, text)
     s.quit()
+
+
+@pytest.mark.parametrize("up_wait,client_wait", [(0.5, 0), (0, 0.5)])
+def test_upstream_refusing_data_after_the_clients_354(gateway, fakes, certs,
+                                                      up_wait, client_wait):
+    """The client gets its 354 at once; an upstream that then refuses DATA
+    (with the client's data waiting for its answer, or before the data)
+    has its refusal given at the end of the data; nothing of the data goes
+    upstream, no copy is kept, and the session goes on (RSET upstream
+    first)."""
+    f = fakes(at="data", bad=b"554 5.5.1 fake: no data today\r\n",
+              delay=up_wait)
+    d = gateway()
+    mb = mailbox_create(d)
+    s = proxy_client(d, certs, login_name(f.port, mb))
+    assert s.mail("a@upstream.test")[0] == 250
+    assert s.rcpt("b@example.org")[0] == 250
+    assert s.docmd("DATA")[0] == 354
+    time.sleep(client_wait)
+    s.send(b"Subject: refused\r\n\r\n" + b"refused line\r\n" * 200 + b".\r\n")
+    assert s.getreply() == (554, b"5.5.1 fake: no data today")
+    assert s.docmd("MAIL", "FROM:<a@upstream.test>")[0] == 250
+    s.quit()
+    # after the refused DATA: nothing of the data (no line of the message
+    # was taken for a command), then RSET and the next MAIL
+    i = f.seen.index(b"DATA\r\n")
+    assert f.seen[i + 1:i + 3] == [b"RSET\r\n",
+                                   b"MAIL FROM:<a@upstream.test>\r\n"], f.seen
+    assert f.seen[i + 3:] in ([], [b"QUIT\r\n"]), f.seen
+    assert copies(d, mb) == []
+    assert store_stat(d, mb)["held"] == 0
 
 
 def test_8bitmime_to_an_upstream_without_it(gateway, fakes, certs):

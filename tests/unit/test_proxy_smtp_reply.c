@@ -160,6 +160,16 @@ test_stuff(void **state)
         stuff_check("end\r", step, "end\r\n", "end\r\n");
         stuff_check("a.b\r\n", step, "a.b\r\n", "a.b\r\n");
     }
+    /* several line ends of every kind in one piece (the next CR and LF
+     * are looked up once and kept) */
+    for (size_t step = 1; step <= 48; step++)
+        stuff_check("one\r\ntwo\rthree\nfour\r\r\n.five\n\n.\r\nsix seven "
+                    "eight\r\n..nine",
+                    step,
+                    "one\r\ntwo\r\nthree\r\nfour\r\n\r\n..five\r\n\r\n..\r\n"
+                    "six seven eight\r\n...nine\r\n",
+                    "one\r\ntwo\r\nthree\r\nfour\r\n\r\n.five\r\n\r\n.\r\n"
+                    "six seven eight\r\n..nine\r\n");
 }
 
 int
