@@ -64,6 +64,7 @@ static const struct mg_setting cfg_store_schema[] = {
      .max = 16LL << 40},
     {.name = "reserve", .type = MG_SET_INT, .min = 0, .max = 1LL << 40},
     {.name = "sender_key_lifetime", .type = MG_SET_INT, .min = 0, .max = 3600},
+    {.name = "drop_written_pages", .type = MG_SET_BOOL},
     {.name = NULL},
 };
 
@@ -834,6 +835,7 @@ cfg_settings(struct mg_config *cfg, const char *dir,
     s->store_reserve = (uint64_t)mg_cfg_int(m, "reserve", 64LL << 20);
     s->store_sender_key_lifetime =
         (unsigned)mg_cfg_int(m, "sender_key_lifetime", 60);
+    s->store_drop_written_pages = mg_cfg_bool(m, "drop_written_pages", true);
     if (s->store_reserve * 10 > s->store_map_size)
         return cfg_fail(error_r, config_setting_get_member(m, "reserve"),
                         "reserve must be at most a tenth of map_size");

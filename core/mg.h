@@ -176,6 +176,7 @@ struct mg_settings {
     uint64_t store_map_size;            /* bytes (sparse) */
     uint64_t store_reserve;             /* bytes kept for deletions */
     unsigned store_sender_key_lifetime; /* seconds; 0: one per message */
+    bool store_drop_written_pages;      /* uncache written chunks */
 };
 
 /** A parsed and checked configuration file. */

@@ -809,6 +809,7 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
         .sender_key_lifetime = s->store_sender_key_lifetime > 0
                                    ? (int)s->store_sender_key_lifetime
                                    : -1,
+        .drop_written_pages = s->store_drop_written_pages,
     };
     char *dir = mg_xasprintf("%s/store", s->data_dir);
     uint64_t ops, mem;

@@ -70,6 +70,7 @@ struct mg_store {
     bool read_only;
     char epoch[17];
     struct mg_vault_senders *senders; /* scheme 2 sender keys */
+    struct mg_pagedrop *pagedrop;     /* NULL: written pages stay cached */
 
     /* env and dbs change only under envlock held exclusively (reopen) */
     pthread_rwlock_t envlock;
@@ -101,6 +102,9 @@ struct store_run_waiter {
 };
 static pthread_mutex_t store_run_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct store_run_waiter *store_run_waiters;
+
+/* The store whose writer this thread is (NULL on other threads). */
+static _Thread_local struct mg_store *store_writer_self;
 
 static _Thread_local char store_errbuf[4][STORE_ERRBUF_LEN];
 static _Thread_local unsigned store_errnext;
@@ -519,6 +523,8 @@ store_reopen(struct mg_store *st)
         mdb_env_close(st->env);
         st->env = NULL;
     }
+    if (st->pagedrop != NULL)
+        mg_pagedrop_env_changed(st->pagedrop);
     if (store_env_setup(st, env, &error) != MG_OK) {
         mg_log(MG_LOG_ERROR, "store: reopen failed: %s", error);
     } else {
@@ -693,6 +699,8 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
             store_op_fail(op, true, "store unavailable");
         return;
     }
+    if (st->pagedrop != NULL)
+        mg_pagedrop_clear(st->pagedrop); /* left over from a failed begin */
     for (op = batch; op != NULL; op = op->next) {
         if (op->new_data)
             needed += op->bytes;
@@ -724,6 +732,9 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
     rc = mdb_txn_commit(txn); /* the fsync */
     if (rc != 0) {
         const char *text = store_rc_text(rc);
+
+        if (st->pagedrop != NULL)
+            mg_pagedrop_clear(st->pagedrop);
 
         mg_log(MG_LOG_ERROR, "store: commit failed: %s", mdb_strerror(rc));
         for (op = batch; op != NULL; op = op->next) {
@@ -779,6 +790,7 @@ store_writer(void *arg)
     struct mg_store_op *batch, *op, *next;
     size_t bytes;
 
+    store_writer_self = st;
     pthread_mutex_lock(&st->qlock);
     for (;;) {
         /* no transaction is open while waiting; lazy ops alone wait until
@@ -805,6 +817,9 @@ store_writer(void *arg)
             op->next = NULL;
             op->complete(op);
         }
+        /* after the completions: the 250s do not wait for it */
+        if (st->pagedrop != NULL && st->env != NULL)
+            (void)mg_pagedrop_run(st->pagedrop, st->env, st->dbs.chunk);
         pthread_mutex_lock(&st->qlock);
     }
     pthread_mutex_unlock(&st->qlock);
@@ -928,6 +943,7 @@ static void
 store_free(struct mg_store *st)
 {
     mg_vault_senders_free(st->senders); /* wipes the sender keys */
+    mg_pagedrop_free(st->pagedrop);
     pthread_rwlock_destroy(&st->envlock);
     pthread_mutex_destroy(&st->qlock);
     pthread_cond_destroy(&st->qcond);
@@ -961,6 +977,8 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
                                          : MG_VAULT_SENDER_LIFETIME,
             MG_VAULT_SENDER_MESSAGES, MG_VAULT_SENDER_MAILBOXES);
     }
+    if (!st->read_only && cfg->drop_written_pages)
+        st->pagedrop = mg_pagedrop_new();
     pthread_rwlock_init(&st->envlock, NULL);
     pthread_mutex_init(&st->qlock, NULL);
     {
@@ -1037,6 +1055,15 @@ MDB_env *
 mg_store_env(struct mg_store *st)
 {
     return st->env;
+}
+
+void
+mg_store_chunk_written(struct mg_store *st, const uint8_t key[MG_CHUNK_KEY])
+{
+    /* only the batch's writes: a tool's own transaction is not committed
+     * by the writer */
+    if (st->pagedrop != NULL && store_writer_self == st)
+        mg_pagedrop_note(st->pagedrop, key);
 }
 
 /* ---------------------------------------------------------------- reads */

@@ -12,6 +12,7 @@
  *              short read transactions, fault handling
  *   records.c  record operations inside a transaction
  *   message.c  streaming writer and reader of one message (vault + records)
+ *   pagedrop.c the page-cache pages of written chunks, dropped after commit
  *
  * Nothing here runs on the libev loop except what store/module_api.c
  * wraps: writes complete on the writer thread and are posted to the loop.
@@ -258,6 +259,8 @@ struct mg_store_config {
     int sender_key_lifetime; /* seconds a scheme 2 sender key is used; 0:
                                 MG_VAULT_SENDER_LIFETIME; < 0: a new key
                                 pair for every message */
+    bool drop_written_pages; /* drop the page-cache pages of the message
+                                chunks each commit wrote, once durable */
 };
 
 struct mg_store;
@@ -432,6 +435,30 @@ int mg_rec_kv_put(struct mg_store *st, MDB_txn *txn, const char *key,
                   const void *value, size_t len, const char **error_r);
 int mg_rec_kv_del(struct mg_store *st, MDB_txn *txn, const char *key,
                   const char **error_r);
+
+/* ============================================================= pagedrop.c */
+
+/** The chunk keys a batch wrote, to drop their page-cache pages once the
+ * batch is durable (writer thread only). */
+struct mg_pagedrop;
+
+struct mg_pagedrop *mg_pagedrop_new(void);
+void mg_pagedrop_free(struct mg_pagedrop *d);
+/** Remember a chunk key the open batch wrote. */
+void mg_pagedrop_note(struct mg_pagedrop *d, const uint8_t key[MG_CHUNK_KEY]);
+/** Forget the noted keys (the batch failed). */
+void mg_pagedrop_clear(struct mg_pagedrop *d);
+/** The environment was reopened: forget the keys and its mapping. */
+void mg_pagedrop_env_changed(struct mg_pagedrop *d);
+/** After a durable commit: drop the cached pages of the noted chunks'
+ * values of a page or more (their overflow pages, nothing else) and
+ * forget the keys. Returns the bytes advised away. */
+size_t mg_pagedrop_run(struct mg_pagedrop *d, MDB_env *env, MDB_dbi chunk);
+
+/** records.c: a chunk was put in the writer's batch (nothing when the
+ * setting is off or the caller is not the writer thread). */
+void mg_store_chunk_written(struct mg_store *st,
+                            const uint8_t key[MG_CHUNK_KEY]);
 
 /* ============================================================== message.c */
 
