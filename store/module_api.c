@@ -464,6 +464,8 @@ ma_delete_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 {
     struct ma_delete *d = op->arg;
 
+    for (size_t i = 0; i < d->n; i++)
+        mg_rec_msg_prefetch(st, txn, d->mailbox_id, d->ids[i]);
     for (size_t i = 0; i < d->n; i++) {
         const char *err = NULL;
         int r = mg_rec_msg_delete(st, txn, d->mailbox_id, d->ids[i], &err);

@@ -9,10 +9,14 @@
  * pages freed here are taken again, still warm, by the next batch's
  * writes. See bench/README.md, "Dropping the written pages".
  *
- * Only chunk values of at least a page are dropped: LMDB stores a value
- * larger than half a page on overflow pages of its own, starting at a page
- * boundary, so the pages from the one holding its first byte to the one
- * holding its last are the value's alone. Branch, leaf and meta pages,
+ * Only whole chunks (64 KiB) are dropped; the last, partial chunk of every
+ * message stays, so a small message (most mail) stays cached for the
+ * archiver: read back from the disk it cost a POP3 retrieval of 4 KiB
+ * messages right after delivery a third of its rate, while the page-cache
+ * cost saved is small per message. LMDB stores a value larger than half a
+ * page on overflow pages of its own, starting at a page boundary, so the
+ * pages from the one holding its first byte to the one holding its last
+ * are the value's alone. Branch, leaf and meta pages,
  * which every lookup needs, are never touched. The offsets come from a
  * read transaction after the commit: a value's address in the map minus
  * the map's address (LMDB returns the address without reading the page,
@@ -32,6 +36,9 @@
 #include <sys/sysmacros.h>
 
 #include "store.h"
+
+/* The values dropped: whole chunks (16 pages of 4 KiB). */
+#define PAGEDROP_MIN (MG_VAULT_CHUNK + MG_VAULT_ABYTES)
 
 struct mg_pagedrop {
     uint8_t (*keys)[MG_CHUNK_KEY]; /* chunk keys the open batch wrote */
@@ -130,6 +137,26 @@ pagedrop_cmp(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
+void
+mg_pagedrop_prefetch(struct mg_pagedrop *d, MDB_env *env, const void *value,
+                     size_t len)
+{
+    MDB_stat stat;
+    uintptr_t page;
+    int fd;
+
+    if (len < PAGEDROP_MIN || mdb_env_stat(env, &stat) != 0 ||
+        mdb_env_get_fd(env, &fd) != 0)
+        return;
+    /* in the map only (a page this transaction wrote is in memory) */
+    if (((uintptr_t)value < d->map || (uintptr_t)value + len > d->map_end) &&
+        pagedrop_find_map(d, value, fd) != MG_OK)
+        return;
+    page = d->map + ((uintptr_t)value - d->map) / stat.ms_psize * stat.ms_psize;
+    /* asynchronous: the reads of a whole deletion run side by side */
+    (void)madvise((void *)page, stat.ms_psize, MADV_WILLNEED);
+}
+
 size_t
 mg_pagedrop_run(struct mg_pagedrop *d, MDB_env *env, MDB_dbi chunk)
 {
@@ -158,7 +185,8 @@ mg_pagedrop_run(struct mg_pagedrop *d, MDB_env *env, MDB_dbi chunk)
         k.mv_size = MG_CHUNK_KEY;
         k.mv_data = d->keys[i];
         /* not found: its op failed and was undone */
-        if (mdb_get(txn, chunk, &k, &v) != 0 || v.mv_size < psize)
+        if (mdb_get(txn, chunk, &k, &v) != 0 || v.mv_size < PAGEDROP_MIN ||
+            v.mv_size < psize)
             continue;
         /* outside the known mapping: found once, again after a remap */
         if (((uintptr_t)v.mv_data < d->map ||

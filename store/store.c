@@ -1066,6 +1066,19 @@ mg_store_chunk_written(struct mg_store *st, const uint8_t key[MG_CHUNK_KEY])
         mg_pagedrop_note(st->pagedrop, key);
 }
 
+bool
+mg_store_drops_pages(const struct mg_store *st)
+{
+    return st->pagedrop != NULL;
+}
+
+void
+mg_store_chunk_deleting(struct mg_store *st, const void *value, size_t len)
+{
+    if (st->pagedrop != NULL && store_writer_self == st)
+        mg_pagedrop_prefetch(st->pagedrop, st->env, value, len);
+}
+
 /* ---------------------------------------------------------------- reads */
 
 int
