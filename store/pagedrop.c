@@ -69,8 +69,11 @@ mg_pagedrop_free(struct mg_pagedrop *d)
 }
 
 void
-mg_pagedrop_note(struct mg_pagedrop *d, const uint8_t key[MG_CHUNK_KEY])
+mg_pagedrop_note(struct mg_pagedrop *d, const uint8_t key[MG_CHUNK_KEY],
+                 size_t len)
 {
+    if (len < PAGEDROP_MIN)
+        return; /* a batch of small messages costs nothing */
     if (d->nkeys == d->capkeys) {
         d->capkeys = d->capkeys ? d->capkeys * 2 : 64;
         d->keys = mg_xrealloc(d->keys, d->capkeys * sizeof(*d->keys));

@@ -371,7 +371,7 @@ mg_rec_chunk_put(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
     rc = mdb_put(txn, mg_store_dbs(st)->chunk, &k, &v, 0);
     if (rc != 0)
         return rec_fail(rc, "writing a message chunk", error_r);
-    mg_store_chunk_written(st, key);
+    mg_store_chunk_written(st, key, len);
     return MG_OK;
 }
 

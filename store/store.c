@@ -1058,12 +1058,13 @@ mg_store_env(struct mg_store *st)
 }
 
 void
-mg_store_chunk_written(struct mg_store *st, const uint8_t key[MG_CHUNK_KEY])
+mg_store_chunk_written(struct mg_store *st, const uint8_t key[MG_CHUNK_KEY],
+                       size_t len)
 {
     /* only the batch's writes: a tool's own transaction is not committed
      * by the writer */
     if (st->pagedrop != NULL && store_writer_self == st)
-        mg_pagedrop_note(st->pagedrop, key);
+        mg_pagedrop_note(st->pagedrop, key, len);
 }
 
 bool

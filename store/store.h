@@ -449,8 +449,10 @@ struct mg_pagedrop;
 
 struct mg_pagedrop *mg_pagedrop_new(void);
 void mg_pagedrop_free(struct mg_pagedrop *d);
-/** Remember a chunk key the open batch wrote. */
-void mg_pagedrop_note(struct mg_pagedrop *d, const uint8_t key[MG_CHUNK_KEY]);
+/** Remember a chunk key the open batch wrote, with its value's length
+ * (only whole chunks are kept: smaller ones stay cached). */
+void mg_pagedrop_note(struct mg_pagedrop *d, const uint8_t key[MG_CHUNK_KEY],
+                      size_t len);
 /** Forget the noted keys (the batch failed). */
 void mg_pagedrop_clear(struct mg_pagedrop *d);
 /** The environment was reopened: forget the keys and its mapping. */
@@ -470,7 +472,7 @@ void mg_pagedrop_prefetch(struct mg_pagedrop *d, MDB_env *env,
 /** records.c: a chunk was put in the writer's batch (nothing when the
  * setting is off or the caller is not the writer thread). */
 void mg_store_chunk_written(struct mg_store *st,
-                            const uint8_t key[MG_CHUNK_KEY]);
+                            const uint8_t key[MG_CHUNK_KEY], size_t len);
 /** Whether store.drop_written_pages is on (for the writer). */
 bool mg_store_drops_pages(const struct mg_store *st);
 /** records.c: a chunk value is about to be deleted by the writer
