@@ -49,7 +49,7 @@ struct mg_pagedrop {
     size_t capranges;
     /* the mapping of the store's file: [map, map_end), map = offset 0 */
     uintptr_t map, map_end;
-    bool map_warned;
+    bool map_failed; /* not found: drop nothing (until a reopen) */
 };
 
 struct mg_pagedrop *
@@ -92,6 +92,7 @@ mg_pagedrop_env_changed(struct mg_pagedrop *d)
 {
     d->nkeys = 0;
     d->map = d->map_end = 0;
+    d->map_failed = false;
 }
 
 /* Find the mapping of fd's file that holds p (/proc/self/maps). */
@@ -123,8 +124,8 @@ pagedrop_find_map(struct mg_pagedrop *d, const void *p, int fd)
     }
     fclose(f);
 out:
-    if (ret != MG_OK && !d->map_warned) {
-        d->map_warned = true;
+    if (ret != MG_OK) {
+        d->map_failed = true;
         mg_log(MG_LOG_WARNING, "store: drop_written_pages: the store's "
                                "mapping is not in /proc/self/maps; the "
                                "written pages stay cached");
@@ -148,7 +149,7 @@ mg_pagedrop_prefetch(struct mg_pagedrop *d, MDB_env *env, const void *value,
     uintptr_t page;
     int fd;
 
-    if (len < PAGEDROP_MIN || mdb_env_stat(env, &stat) != 0 ||
+    if (len < PAGEDROP_MIN || d->map_failed || mdb_env_stat(env, &stat) != 0 ||
         mdb_env_get_fd(env, &fd) != 0)
         return;
     /* in the map only (a page this transaction wrote is in memory) */
@@ -170,8 +171,10 @@ mg_pagedrop_run(struct mg_pagedrop *d, MDB_env *env, MDB_dbi chunk)
     uint64_t psize;
     int fd;
 
-    if (d->nkeys == 0)
+    if (d->nkeys == 0 || d->map_failed) {
+        d->nkeys = 0;
         return 0;
+    }
     if (mdb_env_stat(env, &stat) != 0 || mdb_env_get_fd(env, &fd) != 0 ||
         mdb_txn_begin(env, NULL, MDB_RDONLY, &txn) != 0) {
         d->nkeys = 0;
