@@ -8,7 +8,9 @@
  * batch waits for. No write transaction is open while the thread waits for
  * work. Lazy ops start no commit of their own: they ride with the next
  * batch, or are committed alone STORE_LAZY_DELAY_MS after the first of
- * them was queued, and always before the store closes. A commit failure that
+ * them was queued, and always before the store closes. Once a batch's
+ * completions are posted, the page-cache pages of the whole chunks it wrote
+ * are dropped (pagedrop.c, store.drop_written_pages). A commit failure that
  * may leave the environment unusable (I/O error, MDB_PANIC) makes the writer
  * reopen it; read transactions hold an rwlock shared so that the reopen waits
  * until none is in use.
