@@ -68,6 +68,7 @@ static const struct mg_setting cfg_store_schema[] = {
     {.name = "reserve", .type = MG_SET_INT, .min = 0, .max = 1LL << 40},
     {.name = "sender_key_lifetime", .type = MG_SET_INT, .min = 0, .max = 3600},
     {.name = "cipher", .type = MG_SET_STRING, .choices = cfg_store_ciphers},
+    {.name = "drop_written_pages", .type = MG_SET_BOOL},
     {.name = NULL},
 };
 
@@ -846,6 +847,7 @@ cfg_settings(struct mg_config *cfg, const char *dir,
             if (strcmp(c, cfg_store_ciphers[i]) == 0)
                 s->store_cipher = (enum mg_store_cipher)i;
     }
+    s->store_drop_written_pages = mg_cfg_bool(m, "drop_written_pages", true);
     if (s->store_reserve * 10 > s->store_map_size)
         return cfg_fail(error_r, config_setting_get_member(m, "reserve"),
                         "reserve must be at most a tenth of map_size");

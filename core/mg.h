@@ -184,6 +184,7 @@ struct mg_settings {
     uint64_t store_reserve;             /* bytes kept for deletions */
     unsigned store_sender_key_lifetime; /* seconds; 0: one per message */
     enum mg_store_cipher store_cipher;  /* the chunk cipher of new mail */
+    bool store_drop_written_pages;      /* uncache written chunks */
 };
 
 /** A parsed and checked configuration file. */

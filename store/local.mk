@@ -9,6 +9,7 @@ libmgstore_la_SOURCES = \
 	store/store.c \
 	store/records.c \
 	store/message.c \
+	store/pagedrop.c \
 	store/dedup.h \
 	store/dedup.c \
 	store/module_api.c

@@ -464,6 +464,8 @@ ma_delete_apply(struct mg_store *st, MDB_txn *txn, struct mg_store_op *op)
 {
     struct ma_delete *d = op->arg;
 
+    for (size_t i = 0; i < d->n; i++)
+        mg_rec_msg_prefetch(st, txn, d->mailbox_id, d->ids[i]);
     for (size_t i = 0; i < d->n; i++) {
         const char *err = NULL;
         int r = mg_rec_msg_delete(st, txn, d->mailbox_id, d->ids[i], &err);
@@ -813,6 +815,7 @@ mg_store_api_open(const struct mg_settings *s, const char **error_r)
                : s->store_cipher == MG_CIPHER_XCHACHA20POLY1305
                    ? MG_VAULT_ALG_V2
                    : 0, /* auto */
+        .drop_written_pages = s->store_drop_written_pages,
     };
     char *dir = mg_xasprintf("%s/store", s->data_dir);
     uint64_t ops, mem;

@@ -371,6 +371,7 @@ mg_rec_chunk_put(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
     rc = mdb_put(txn, mg_store_dbs(st)->chunk, &k, &v, 0);
     if (rc != 0)
         return rec_fail(rc, "writing a message chunk", error_r);
+    mg_store_chunk_written(st, key, len);
     return MG_OK;
 }
 
@@ -509,6 +510,27 @@ mg_rec_msg_delete(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
     if (h.state == MG_MSG_VISIBLE)
         return rec_count(st, txn, mailbox_id, -1, h.size, false, error_r);
     return MG_OK;
+}
+
+void
+mg_rec_msg_prefetch(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
+                    uint64_t msg_id)
+{
+    uint8_t key[MG_CHUNK_KEY];
+    MDB_cursor *c;
+    MDB_val k = {MG_MSG_KEY, key}, v;
+    int rc;
+
+    if (!mg_store_drops_pages(st) || !mg_mailbox_id_valid(mailbox_id) ||
+        mdb_cursor_open(txn, mg_store_dbs(st)->chunk, &c) != 0)
+        return;
+    rec_chunk_key(key, mailbox_id, msg_id, 0);
+    for (rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+         rc == 0 && k.mv_size == MG_CHUNK_KEY &&
+         memcmp(k.mv_data, key, MG_MSG_KEY) == 0;
+         rc = mdb_cursor_get(c, &k, &v, MDB_NEXT))
+        mg_store_chunk_deleting(st, v.mv_data, v.mv_size);
+    mdb_cursor_close(c);
 }
 
 /* Walk a mailbox's messages in id order; fn returns false to stop. */

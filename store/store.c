@@ -8,7 +8,9 @@
  * batch waits for. No write transaction is open while the thread waits for
  * work. Lazy ops start no commit of their own: they ride with the next
  * batch, or are committed alone STORE_LAZY_DELAY_MS after the first of
- * them was queued, and always before the store closes. A commit failure that
+ * them was queued, and always before the store closes. Once a batch's
+ * completions are posted, the page-cache pages of the whole chunks it wrote
+ * are dropped (pagedrop.c, store.drop_written_pages). A commit failure that
  * may leave the environment unusable (I/O error, MDB_PANIC) makes the writer
  * reopen it; read transactions hold an rwlock shared so that the reopen waits
  * until none is in use.
@@ -72,6 +74,7 @@ struct mg_store {
     char epoch[17];
     struct mg_vault_senders *senders; /* scheme 2 sender keys */
     uint8_t alg;                      /* the scheme new messages get */
+    struct mg_pagedrop *pagedrop;     /* NULL: written pages stay cached */
 
     /* env and dbs change only under envlock held exclusively (reopen) */
     pthread_rwlock_t envlock;
@@ -105,6 +108,9 @@ struct store_run_waiter {
 };
 static pthread_mutex_t store_run_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct store_run_waiter *store_run_waiters;
+
+/* The store whose writer this thread is (NULL on other threads). */
+static _Thread_local struct mg_store *store_writer_self;
 
 static _Thread_local char store_errbuf[4][STORE_ERRBUF_LEN];
 static _Thread_local unsigned store_errnext;
@@ -529,6 +535,8 @@ store_reopen(struct mg_store *st)
         mdb_env_close(st->env);
         st->env = NULL;
     }
+    if (st->pagedrop != NULL)
+        mg_pagedrop_env_changed(st->pagedrop);
     if (store_env_setup(st, env, &error) != MG_OK) {
         mg_log(MG_LOG_ERROR, "store: reopen failed: %s", error);
     } else {
@@ -703,6 +711,8 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
             store_op_fail(op, true, "store unavailable");
         return;
     }
+    if (st->pagedrop != NULL)
+        mg_pagedrop_clear(st->pagedrop); /* left over from a failed begin */
     for (op = batch; op != NULL; op = op->next) {
         if (op->new_data)
             needed += op->bytes;
@@ -734,6 +744,9 @@ store_batch(struct mg_store *st, struct mg_store_op *batch)
     rc = mdb_txn_commit(txn); /* the fsync */
     if (rc != 0) {
         const char *text = store_rc_text(rc);
+
+        if (st->pagedrop != NULL)
+            mg_pagedrop_clear(st->pagedrop);
 
         mg_log(MG_LOG_ERROR, "store: commit failed: %s", mdb_strerror(rc));
         for (op = batch; op != NULL; op = op->next) {
@@ -799,6 +812,7 @@ store_writer(void *arg)
     struct mg_store_op *batch, *op, *next;
     size_t bytes;
 
+    store_writer_self = st;
     pthread_mutex_lock(&st->qlock);
     for (;;) {
         /* no transaction is open while waiting; lazy ops alone wait until
@@ -838,6 +852,9 @@ store_writer(void *arg)
             op->next = NULL;
             op->complete(op);
         }
+        /* after the completions: the 250s do not wait for it */
+        if (st->pagedrop != NULL && st->env != NULL)
+            (void)mg_pagedrop_run(st->pagedrop, st->env, st->dbs.chunk);
         pthread_mutex_lock(&st->qlock);
     }
     pthread_mutex_unlock(&st->qlock);
@@ -963,6 +980,7 @@ static void
 store_free(struct mg_store *st)
 {
     mg_vault_senders_free(st->senders); /* wipes the sender keys */
+    mg_pagedrop_free(st->pagedrop);
     pthread_rwlock_destroy(&st->envlock);
     pthread_mutex_destroy(&st->qlock);
     pthread_cond_destroy(&st->qcond);
@@ -1008,6 +1026,8 @@ mg_store_open(const struct mg_store_config *cfg, struct mg_store **st_r,
                                          : MG_VAULT_SENDER_LIFETIME,
             MG_VAULT_SENDER_MESSAGES, MG_VAULT_SENDER_MAILBOXES);
     }
+    if (!st->read_only && cfg->drop_written_pages)
+        st->pagedrop = mg_pagedrop_new();
     pthread_rwlock_init(&st->envlock, NULL);
     pthread_mutex_init(&st->qlock, NULL);
     {
@@ -1085,6 +1105,29 @@ MDB_env *
 mg_store_env(struct mg_store *st)
 {
     return st->env;
+}
+
+void
+mg_store_chunk_written(struct mg_store *st, const uint8_t key[MG_CHUNK_KEY],
+                       size_t len)
+{
+    /* only the batch's writes: a tool's own transaction is not committed
+     * by the writer */
+    if (st->pagedrop != NULL && store_writer_self == st)
+        mg_pagedrop_note(st->pagedrop, key, len);
+}
+
+bool
+mg_store_drops_pages(const struct mg_store *st)
+{
+    return st->pagedrop != NULL;
+}
+
+void
+mg_store_chunk_deleting(struct mg_store *st, const void *value, size_t len)
+{
+    if (st->pagedrop != NULL && store_writer_self == st)
+        mg_pagedrop_prefetch(st->pagedrop, st->env, value, len);
 }
 
 /* ---------------------------------------------------------------- reads */

@@ -13,6 +13,7 @@
  *              short read transactions, fault handling
  *   records.c  record operations inside a transaction
  *   message.c  streaming writer and reader of one message (vault + records)
+ *   pagedrop.c the page-cache pages of written chunks, dropped after commit
  *
  * Nothing here runs on the libev loop except what store/module_api.c
  * wraps: writes complete on the writer thread and are posted to the loop.
@@ -281,6 +282,8 @@ struct mg_store_config {
                                 pair for every message */
     uint8_t alg;             /* scheme new messages get (MG_VAULT_ALG_V2 or
                                 _V3); 0: mg_vault_alg_auto() */
+    bool drop_written_pages; /* drop the page-cache pages of the message
+                                chunks each commit wrote, once durable */
 };
 
 struct mg_store;
@@ -420,6 +423,11 @@ int mg_rec_msg_commit(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
 int mg_rec_msg_publish(struct mg_store *st, MDB_txn *txn,
                        const char *mailbox_id, uint64_t msg_id,
                        const char **error_r);
+/** Before deleting many messages: start reading what the deletions will
+ * read that store.drop_written_pages may have dropped from the cache
+ * (nothing when it is off). */
+void mg_rec_msg_prefetch(struct mg_store *st, MDB_txn *txn,
+                         const char *mailbox_id, uint64_t msg_id);
 /** Remove a message (any state) with its chunks; a VISIBLE one leaves the
  * mailbox counters. Deleted pages are reused by LMDB. */
 int mg_rec_msg_delete(struct mg_store *st, MDB_txn *txn, const char *mailbox_id,
@@ -457,6 +465,45 @@ int mg_rec_kv_put(struct mg_store *st, MDB_txn *txn, const char *key,
                   const void *value, size_t len, const char **error_r);
 int mg_rec_kv_del(struct mg_store *st, MDB_txn *txn, const char *key,
                   const char **error_r);
+
+/* ============================================================= pagedrop.c */
+
+/** The chunk keys a batch wrote, to drop their page-cache pages once the
+ * batch is durable (writer thread only). */
+struct mg_pagedrop;
+
+struct mg_pagedrop *mg_pagedrop_new(void);
+void mg_pagedrop_free(struct mg_pagedrop *d);
+/** Remember a chunk key the open batch wrote, with its value's length
+ * (only whole chunks are kept: smaller ones stay cached). */
+void mg_pagedrop_note(struct mg_pagedrop *d, const uint8_t key[MG_CHUNK_KEY],
+                      size_t len);
+/** Forget the noted keys (the batch failed). */
+void mg_pagedrop_clear(struct mg_pagedrop *d);
+/** The environment was reopened: forget the keys and its mapping. */
+void mg_pagedrop_env_changed(struct mg_pagedrop *d);
+/** After a durable commit: drop the cached pages of the noted chunks
+ * that are whole (their overflow pages, nothing else) and forget the
+ * keys. Returns the bytes advised away. */
+size_t mg_pagedrop_run(struct mg_pagedrop *d, MDB_env *env, MDB_dbi chunk);
+
+/** Before deleting a chunk value whose pages may have been dropped: start
+ * reading the first page of its overflow run, which LMDB reads to free
+ * the run (asynchronous, so that a deletion of many messages waits for
+ * their reads side by side, not one after the other). */
+void mg_pagedrop_prefetch(struct mg_pagedrop *d, MDB_env *env,
+                          const void *value, size_t len);
+
+/** records.c: a chunk was put in the writer's batch (nothing when the
+ * setting is off or the caller is not the writer thread). */
+void mg_store_chunk_written(struct mg_store *st,
+                            const uint8_t key[MG_CHUNK_KEY], size_t len);
+/** Whether store.drop_written_pages is on (for the writer). */
+bool mg_store_drops_pages(const struct mg_store *st);
+/** records.c: a chunk value is about to be deleted by the writer
+ * (mg_pagedrop_prefetch when the setting is on). */
+void mg_store_chunk_deleting(struct mg_store *st, const void *value,
+                             size_t len);
 
 /* ============================================================== message.c */
 

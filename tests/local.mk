@@ -117,8 +117,9 @@ EXTRA_DIST += tests/run-all.sh tests/cppcheck.cfg tests/quickstart_smoke.py \
 # modules (dlopen'd from the build tree). The store is compiled in with
 # MG_FUZZ_KDF_MIN (Argon2id at its minimum). `make check` replays the seed
 # corpus; `make fuzz-session` builds the libFuzzer binary with clang
-MG_FUZZ_STORE_SOURCES = store/vault.c store/vault_aes.c store/codec.c store/store.c \
-	store/records.c store/message.c store/dedup.c store/module_api.c
+MG_FUZZ_STORE_SOURCES = store/vault.c store/vault_aes.c store/codec.c \
+	store/store.c store/records.c store/message.c store/pagedrop.c \
+	store/dedup.c store/module_api.c
 check_PROGRAMS += tests/fuzz/fuzz_session
 TESTS += tests/fuzz/run-corpus-session.sh
 tests_fuzz_fuzz_session_SOURCES = tests/fuzz/fuzz_session.c \

@@ -12,12 +12,14 @@
 # 2610 (plain, allow_plaintext_auth: a loopback bench listener) and 2611
 # (implicit TLS). Run as root (the harness installs and configures the
 # peers). Prints medians, the ratios to Dovecot, login against Argon2id
-# and the QUIT times.
+# and the QUIT times. STORE='drop_written_pages = false;' sets mailgate's
+# store group (default: empty, the defaults).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${1:-3}
 N=${2:-1000}
 PREFIX=${PREFIX:-$top/var/install}
+STORE=${STORE:-}
 # ../shared/bench beside the checkout (or beside the worktrees' folder)
 if [ -z "${PEERS:-}" ]; then
     PEERS=$top/../shared/bench
@@ -55,6 +57,7 @@ email_domain = "bench.localdomain";
 log_level = "warning";
 max_connections_per_ip = 1000;
 tls = { cert = "cert.pem"; key = "key.pem"; };
+store = { $STORE };
 modules = (
   { name = "smtp"; listen = ( { address = "127.0.0.1"; port = $SMTP_PORT; tls = "none"; } ); },
   { name = "pop3";

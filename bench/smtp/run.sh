@@ -9,6 +9,12 @@
 #
 # SIZES="4096" CONC="1" narrow the throughput part (default: all of them);
 # EOD_COUNT (default 500) messages per target for the latency part.
+# RAW_OUT=FILE keeps every turn's figures (the summary gives medians).
+# POSTFIX=0 leaves out Postfix's turns and PAUSE=S waits S seconds before
+# each mailgated turn: with both, no other program frees page-cache pages
+# just before a turn, and memory freed earlier has been reported to the
+# host (free page reporting waits 2 s), as on a machine that only archives
+# mail (bench/README.md, "Dropping the written pages").
 # BASE=DIR (an install prefix of another build, e.g. main's) adds a second
 # mailgated ("base", 127.0.0.1:2601, its own data folder) that takes its
 # turn next to mailgate's in every configuration (after it in odd runs,
@@ -32,6 +38,8 @@ PEERS=${PEERS:-$top/../shared/bench}
 WORK=$(mktemp -d /var/tmp/mailgate-smtp-bench.XXXXXX)
 PORT=2600
 BASE=${BASE:-}
+POSTFIX=${POSTFIX:-1}
+PAUSE=${PAUSE:-0}
 BASE_PORT=2601
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
 [ -z "$BASE" ] || [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
@@ -88,6 +96,7 @@ TICK_MS=$((1000 / $(getconf CLK_TCK)))
 # turn NAME PID PORT ID SIZE CONC: one smtp.py run and the daemon's own CPU
 turn() {
     local a b n
+    sleep "$PAUSE"
     a=$(gw_cpu "$2")
     /usr/bin/python3 scripts/smtp.py --runs 1 --targets "$1=$3" \
         --sizes "$5" --conc "$6" --rcpt "$4@bench.localdomain" \
@@ -105,8 +114,9 @@ for r in $(seq "$RUNS"); do
     echo "# run $r/$RUNS" >&2
     for size in ${SIZES//,/ }; do
         for c in ${CONC//,/ }; do
-            /usr/bin/python3 scripts/smtp.py --runs 1 --targets postfix \
-                --sizes "$size" --conc "$c" --out "$RAW" >/dev/null 2>&1
+            [ "$POSTFIX" = 0 ] ||
+                /usr/bin/python3 scripts/smtp.py --runs 1 --targets postfix \
+                    --sizes "$size" --conc "$c" --out "$RAW" >/dev/null 2>&1
             # with a base build, the two take turns going first
             if [ -n "$BASE" ] && [ $((r % 2)) -eq 0 ]; then
                 turn base "$BGW" "$BASE_PORT" "$BID" "$size" "$c"
@@ -122,6 +132,7 @@ done
 EOD=$(/usr/bin/python3 "$top/bench/smtp/eod_latency.py" --count "$EOD_COUNT" \
     --target postfix=2525 --target "gw=$PORT/$ID@bench.localdomain")
 RSS=$(awk '/VmHWM/{print $2}' "/proc/$GW/status")
+[ -z "${RAW_OUT:-}" ] || cp "$RAW" "$RAW_OUT" # every turn's figures
 grep -v '^gwcpu' "$RAW" | /usr/bin/python3 scripts/med.py
 echo "mailgated peak RSS: ${RSS} kB"
 /usr/bin/python3 - "$RAW" <<'PY'
@@ -155,6 +166,10 @@ for name in [n for n in ("gw", "base") if any(k[0] == n for k in rows)]:
                 print(f"  {name:>4} {size:>8} c={conc:>2}: {g:8.1f}/s vs {p:8.1f}/s = {g/p:5.2f}x"
                       f"   cpu/msg {gc:.3f} vs {pc:.3f} ms = {gc/pc:4.2f}x"
                       + (f"   mailgated alone {own:.3f} ms = {own/pc:4.2f}x" if own else ""))
+            elif g:  # POSTFIX=0
+                print(f"  {name:>4} {size:>8} c={conc:>2}: {g:8.1f}/s"
+                      f"   cpu/msg {gc:.3f} ms"
+                      + (f"   mailgated alone {own:.3f} ms" if own else ""))
 PY
 echo "end of data -> 250 at c=1 (4 KiB, one session each):"
 echo "$EOD" | sed 's/^/  /'

@@ -175,9 +175,13 @@ ct_init_mailbox(const char *datadir)
 static void
 ct_open(const char *datadir)
 {
-    /* the only process on this store: it recovers, as the daemon does */
-    struct mg_store_config cfg = {
-        .map_size = 4ull << 30, .reserve = 16u << 20, .recover = true};
+    /* the only process on this store: it recovers, as the daemon does,
+     * and drops the written pages as the daemon does by default (the
+     * power-cut and crash tests cover it) */
+    struct mg_store_config cfg = {.map_size = 4ull << 30,
+                                  .reserve = 16u << 20,
+                                  .recover = true,
+                                  .drop_written_pages = true};
     const char *error = NULL;
     char dir[4096];
 
