@@ -7,9 +7,11 @@
  * session, not yet recorded and within the limit), keeps it in memory and
  * records it at once, so its commit runs while the client is still busy
  * with n. The client's RETR n + 1 is then answered from memory, its "."
- * once that copy is durable. Only one upstream command is ever
- * outstanding: a client command waits until the upstream has sent all of
- * the message being read ahead. A message read ahead that the client
+ * once that copy is durable. A client command waits until the upstream
+ * has sent all of the message being read ahead, except a DELE of a
+ * message whose copy is durable: it is sent behind that RETR at once
+ * (POP3 answers in order), and reading further ahead waits for its
+ * answer. A message read ahead that the client
  * never asks for stays recorded: it is in the user's mailbox at the
  * upstream, and archiving it early loses nothing.
  *
