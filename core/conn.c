@@ -66,6 +66,7 @@ struct mg_conn {
     bool shutdown;   /* on_shutdown delivered */
     bool counted;    /* accounted in the limits */
     bool ssl_write_wants_read, ssl_read_wants_write;
+    bool ssl_buffered; /* reading stopped with bytes inside OpenSSL */
 
     struct sockaddr_storage real_sa; /* the socket's peer (limits) */
     unsigned char *phdr;             /* PROXY header being read */
@@ -386,12 +387,18 @@ conn_update_io(struct mg_conn *c)
         if (mg_buf_len(&c->out) > 0 || c->ssl_read_wants_write)
             events |= EV_WRITE;
     }
-    if (events == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
-        return;
-    ev_io_stop(mg_loop, &c->io);
-    if (events != 0) {
-        ev_io_set(&c->io, c->fd, events);
-        ev_io_start(mg_loop, &c->io);
+    if (events != (c->io.events & (EV_READ | EV_WRITE)) ||
+        !ev_is_active(&c->io)) {
+        ev_io_stop(mg_loop, &c->io);
+        if (events != 0) {
+            ev_io_set(&c->io, c->fd, events);
+            ev_io_start(mg_loop, &c->io);
+        }
+    }
+    /* records OpenSSL read ahead wake no epoll: deliver them now */
+    if (c->ssl_buffered && c->state == CONN_OPEN && conn_reading(c)) {
+        c->ssl_buffered = false;
+        ev_feed_event(mg_loop, &c->io, EV_READ);
     }
 }
 
@@ -419,9 +426,15 @@ conn_on_input(struct mg_conn *c)
         got = true;
         if (c->ssl == NULL)
             break; /* one read per wakeup is fair; TLS may have records */
-        if (SSL_pending(c->ssl) == 0)
+        /* with read-ahead one read() brings several records: decrypt
+         * them all, the socket has no event for what OpenSSL holds */
+        if (!SSL_has_pending(c->ssl))
             break;
     }
+    /* stopped by the input cap or a pause with records still buffered:
+     * conn_update_io() feeds a read event once reading resumes */
+    c->ssl_buffered = c->ssl != NULL && c->tls_ready && !conn_reading(c) &&
+                      SSL_has_pending(c->ssl);
     if (got) {
         conn_touch(c);
         if (!conn_emit(c, MG_CONN_READABLE))

@@ -23,6 +23,23 @@ int mg_tls_conn_index = -1;
     "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 #define TLS_GROUPS "X25519:prime256v1:secp384r1"
 
+/* OpenSSL reads one record per read(), header and body apart, unless it
+ * may read ahead: then one read() takes what the socket has, up to this,
+ * and core/conn.c decrypts every record it brought (SSL_has_pending). */
+#define TLS_READ_BUFFER (64 * 1024)
+
+/* The I/O modes of both profiles: partial writes from a buffer that may
+ * move (core/conn.c), buffers freed while idle, read-ahead. */
+static void
+tls_ctx_io(SSL_CTX *ctx)
+{
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_read_ahead(ctx, 1);
+    SSL_CTX_set_default_read_buffer_len(ctx, TLS_READ_BUFFER);
+}
+
 /* The ex_data slot is process-wide; both constructors make sure it exists
  * before any SSL can be created from their contexts. Loop thread only. */
 static void
@@ -131,9 +148,7 @@ mg_tls_server_ctx(const char *cert, const char *key, const char **error_r)
     /* "intermediate": the client picks the suite (it knows whether it has
      * AES hardware) */
     SSL_CTX_clear_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
+    tls_ctx_io(ctx);
     SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_select, NULL);
 
     if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
@@ -182,9 +197,7 @@ mg_tls_client_ctx(const char *ca_file, const char **error_r)
         goto fail;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-                              SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
+    tls_ctx_io(ctx);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
         *error_r =

@@ -44,9 +44,9 @@ def harness(peers):
 
 
 class Gateway:
-    def __init__(self, a):
-        self.ctl = [a.ctl, "-c", a.conf]
-        self.upstream = a.upstream
+    def __init__(self, ctl, conf, pid):
+        self.ctl = [ctl, "-c", conf]
+        self.pid = pid
 
     def mailbox(self, name):
         r = subprocess.run(self.ctl + ["--json", "mailbox", "create", "--name", name],
@@ -67,6 +67,17 @@ def cpu_seconds(pid):
     return (int(t[11]) + int(t[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy():
+    """(busy, all) CPU seconds of the whole machine so far (/proc/stat):
+    all the processes of a session (client, proxy, Dovecot) and the
+    kernel's work for them, and whatever else runs meanwhile."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = t[3] + t[4]  # idle, iowait
+    return (sum(t[:8]) - idle) / hz, sum(t[:8]) / hz
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", required=True, help="copy of the peer harness")
@@ -80,12 +91,19 @@ def main():
     ap.add_argument("--upstream", required=True,
                     help="the proxy login's target_server, e.g. localhost:1110")
     ap.add_argument("--gw-pid", type=int, help="mailgated (CPU time per message)")
+    ap.add_argument("--base-ctl", help="a second mailgate (another build, "
+                    "e.g. the branch point): its mailgatectl; its targets are "
+                    "named base-*")
+    ap.add_argument("--base-conf")
+    ap.add_argument("--base-pid", type=int)
     ap.add_argument("--store-bench", help="mg-store-bench: the store alone, "
                     "one writer, N messages, once per run (the commit ceiling)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     h = harness(a.peers)
-    gw = Gateway(a)
+    gws = {False: Gateway(a.ctl, a.conf, a.gw_pid)}
+    if a.base_ctl:
+        gws[True] = Gateway(a.base_ctl, a.base_conf, a.base_pid)
     targets = []
     for t in a.targets.split(","):
         if "=" in t:
@@ -111,8 +129,13 @@ def main():
                 f = dict(x.split("=", 1) for x in p.stdout.split() if "=" in x)
                 emit("proxy run=%d target=store-c1 size=%d msgs=%s retr_msgs/s=%s"
                      % (r + 1, a.size, f["msgs"], f["msgs/s"]))
-            for name, port, mode, is_gw in targets:
+            # with a base build, its targets and ours alternate in order
+            order = targets if r % 2 == 0 else (
+                [t for t in targets if t[0].startswith("base-")] +
+                [t for t in targets if not t[0].startswith("base-")])
+            for name, port, mode, is_gw in order:
                 user, box = "popbench", None
+                gw = gws.get(name.startswith("base-")) if is_gw else None
                 if is_gw:
                     box = gw.mailbox("bench-%s-%d" % (name, r + 1))
                     user = "popbench%%%s%%%s" % (a.upstream, box)
@@ -123,10 +146,12 @@ def main():
                     subprocess.run([bench, "127.0.0.1", str(port), user, "secret",
                                     mode, "keep"], capture_output=True, check=True,
                                    timeout=600)
-                cpu0 = cpu_seconds(a.gw_pid) if is_gw and a.gw_pid else None
+                cpu0 = cpu_seconds(gw.pid) if is_gw and gw.pid else None
+                busy0, all0 = machine_busy()
                 p = subprocess.run([bench, "127.0.0.1", str(port), user, "secret", mode],
                                    capture_output=True, text=True, timeout=600)
-                cpu = cpu_seconds(a.gw_pid) - cpu0 if cpu0 is not None else None
+                busy1, all1 = machine_busy()
+                cpu = cpu_seconds(gw.pid) - cpu0 if cpu0 is not None else None
                 res = p.stdout.strip()
                 left = len(os.listdir(md + "/new")) + len(os.listdir(md + "/cur"))
                 if not res:
@@ -140,6 +165,9 @@ def main():
                         % (r + 1, name, a.size, f["msgs"], f["seconds"], f["login_ms"],
                            retr, int(f["msgs"]) / retr,
                            int(f["bytes"]) / retr / 1e6, left))
+                line += " machine_cpu_ms/msg=%.3f machine_busy=%.0f%%" % (
+                    (busy1 - busy0) * 1e3 / int(f["msgs"]),
+                    100 * (busy1 - busy0) / max(all1 - all0, 1e-9))
                 if cpu is not None:
                     line += " gw_cpu_ms/msg=%.3f" % (cpu * 1e3 / int(f["msgs"]))
                 if is_gw:

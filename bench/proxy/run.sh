@@ -17,6 +17,13 @@
 # popbench%localhost:1110%MAILBOX: port 1110 means STLS upstream (only
 # 995 is implicit TLS), verified for the name "localhost" (the harness's
 # certificate has no IP address in it). Run as root.
+#
+# BASE=DIR (the install prefix of another build, e.g. the branch point's)
+# starts a second mailgate from it on 127.0.0.1:2622 (plain) and 2623
+# (TLS) with its own data folder, and adds its targets base-proxy,
+# base-proxy-tls and base-proxy-relay, each right next to ours (the order
+# alternates between runs), so that a before/after comparison shares the
+# machine's load of the moment.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 RUNS=${1:-3}
@@ -47,40 +54,57 @@ postconf -e setgid_group=postdrop mail_owner=postfix compatibility_level=3.6 \
 scripts/setup.sh >/dev/null
 STATE=${STATE:-${TMPDIR:-/var/tmp}/mailgate-bench}
 CA=$STATE/tls/ec.crt
-trap 'kill $GW 2>/dev/null; scripts/servers.sh stop dovecot >/dev/null 2>&1;
+trap 'kill $GW $BGW 2>/dev/null; scripts/servers.sh stop dovecot >/dev/null 2>&1;
       scripts/servers.sh stop nginx >/dev/null 2>&1; rm -rf "$WORK"' EXIT
-GW=
+GW= BGW=
 scripts/servers.sh start dovecot >/dev/null
 scripts/servers.sh start nginx >/dev/null
 
-mkdir -p "$WORK/data"
-chmod 0700 "$WORK/data"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$WORK/data/key.pem" -out "$WORK/data/cert.pem" -days 2 \
-    -subj /CN=localhost >/dev/null 2>&1
-cat >"$WORK/mailgate.conf" <<CONF
-data_dir = "$WORK/data";
+# start_gw PREFIX NAME PORT TLSPORT: a mailgate with its own data folder
+# and $WORK/NAME.conf; its pid in GW_PID
+start_gw() {
+    local prefix=$1 name=$2 port=$3 tlsport=$4 data=$WORK/$2-data
+    mkdir -p "$data"
+    chmod 0700 "$data"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$data/key.pem" -out "$data/cert.pem" -days 2 \
+        -subj /CN=localhost >/dev/null 2>&1
+    cat >"$WORK/$name.conf" <<CONF
+data_dir = "$data";
+module_dir = "$prefix/lib/mailgate";
 email_domain = "bench.localdomain";
 log_level = "warning";
 max_connections_per_ip = 1000;
 tls = { cert = "cert.pem"; key = "key.pem"; };
 modules = (
   { name = "pop3";
-    listen = ( { address = "127.0.0.1"; port = $POP3_PORT; tls = "none"; allow_plaintext_auth = true; },
-               { address = "127.0.0.1"; port = $POP3S_PORT; tls = "implicit"; } ); },
+    listen = ( { address = "127.0.0.1"; port = $port; tls = "none"; allow_plaintext_auth = true; },
+               { address = "127.0.0.1"; port = $tlsport; tls = "implicit"; } ); },
   { name = "proxy"; ca_file = "$CA"; allow_targets = [ "127.0.0.1" ]; }
 );
 CONF
-"$PREFIX/sbin/mailgated" -c "$WORK/mailgate.conf" --foreground 2>"$WORK/mailgated.log" &
-GW=$!
-for _ in $(seq 50); do
-    ss -ltn | grep -q "127.0.0.1:$POP3S_PORT " && break
-    sleep 0.1
-done
+    "$prefix/sbin/mailgated" -c "$WORK/$name.conf" --foreground 2>"$WORK/$name.log" &
+    GW_PID=$!
+    for _ in $(seq 50); do
+        ss -ltn | grep -q "127.0.0.1:$tlsport " && break
+        sleep 0.1
+    done
+}
+start_gw "$PREFIX" mailgate "$POP3_PORT" "$POP3S_PORT"
+GW=$GW_PID
+BGW=
+if [ -n "${BASE:-}" ]; then
+    [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
+    start_gw "$BASE" base 2622 2623
+    BGW=$GW_PID
+fi
 
 RAW=$WORK/proxy.raw
 STORE_BENCH=${STORE_BENCH:-$top/build/bench/store/mg-store-bench}
 [ -x "$STORE_BENCH" ] || STORE_BENCH=
+if [ -n "$BGW" ]; then
+    TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,base-proxy=2622,proxy-tls=$POP3S_PORT:tls,base-proxy-tls=2623:tls,proxy-relay=$POP3_PORT,base-proxy-relay=2622}
+fi
 TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,proxy-tls=$POP3S_PORT:tls,proxy-relay=$POP3_PORT}
 # PERF=FILE: a CPU profile of mailgated over the whole drive (perf record -g)
 if [ -n "${PERF:-}" ]; then
@@ -91,6 +115,7 @@ fi
     --targets "$TARGETS" \
     --ctl "$PREFIX/sbin/mailgatectl" --conf "$WORK/mailgate.conf" \
     --upstream "$UPSTREAM" --gw-pid "$GW" --out "$RAW" \
+    ${BGW:+--base-ctl "$BASE/sbin/mailgatectl" --base-conf "$WORK/base.conf" --base-pid "$BGW"} \
     ${STORE_BENCH:+--store-bench "$STORE_BENCH"} >&2
 if [ -n "${PERF:-}" ]; then
     kill -INT "$PERFPID"
@@ -98,9 +123,12 @@ if [ -n "${PERF:-}" ]; then
 fi
 RSS=$(awk '/VmHWM/{print $2}' "/proc/$GW/status")
 echo "mailgated peak RSS: ${RSS} kB"
-if grep -qi "error\|warn" "$WORK/mailgated.log"; then
-    echo "mailgated log:"; tail -20 "$WORK/mailgated.log"
-fi
+for log in "$WORK"/mailgate.log "$WORK"/base.log; do
+    [ -f "$log" ] || continue
+    if grep -v "running as root" "$log" | grep -qi "error\|warn"; then
+        echo "$log:"; tail -20 "$log"
+    fi
+done
 /usr/bin/python3 - "$RAW" "$N" <<'PY'
 import statistics, sys
 n = int(sys.argv[2])
@@ -136,6 +164,12 @@ ratio("proxy-tls", "dovecot-tls", 0.8)
 ratio("proxy", "dovecot-tls", 0.8)
 print("diagnostics:")
 ratio("proxy-relay", "nginx-nd")
+ratio("base-proxy", "nginx-nd")
+ratio("base-proxy-tls", "dovecot-tls")
+ratio("base-proxy-relay", "nginx-nd")
+ratio("proxy", "base-proxy")
+ratio("proxy-tls", "base-proxy-tls")
+ratio("proxy-relay", "base-proxy-relay")
 ratio("proxy-relay", "dovecot-tls")
 ratio("proxy", "store-c1")
 v = [1 / (1 / r["proxy-relay"] + 1 / r["store-c1"]) / r["proxy"]

@@ -156,9 +156,8 @@ struct proxy_prefetch {
     bool mid_line; /* inside a long line */
     bool unusable; /* -ERR, over the limit or not recorded: dropped */
     bool done;     /* its copy is durable */
-    char status[PROXY_STATUS_MAX + 2];
-    size_t slen;
-    char *data; /* the reply's data as the client gets it, without "." */
+    char *data;    /* the reply as the client gets it: status line, data
+                    * lines, the "." added when it is sent */
     size_t len, cap;
     struct proxy_rec rec;
 };

@@ -7,9 +7,11 @@
  * session, not yet recorded and within the limit), keeps it in memory and
  * records it at once, so its commit runs while the client is still busy
  * with n. The client's RETR n + 1 is then answered from memory, its "."
- * once that copy is durable. Only one upstream command is ever
- * outstanding: a client command waits until the upstream has sent all of
- * the message being read ahead. A message read ahead that the client
+ * once that copy is durable. A client command waits until the upstream
+ * has sent all of the message being read ahead, except a DELE of a
+ * message whose copy is durable: it is sent behind that RETR at once
+ * (POP3 answers in order), and reading further ahead waits for its
+ * answer. A message read ahead that the client
  * never asks for stays recorded: it is in the user's mailbox at the
  * upstream, and archiving it early loses nothing.
  *
@@ -75,12 +77,14 @@ proxy_pf_drop(struct proxy_session *s, struct proxy_prefetch *pf)
     }
 }
 
-/* What one message read ahead may take in memory: the limit plus the
- * stuffing and line ends a LIST size may not count. */
+/* What one message read ahead may take in memory: its status line, the
+ * limit plus the stuffing and line ends a LIST size may not count, and the
+ * final ".". */
 static size_t
 pf_cap_max(const struct proxy_session *s)
 {
-    return (size_t)s->st->prefetch_max + PROXY_DATA_LINE;
+    return PROXY_STATUS_MAX + 2 + (size_t)s->st->prefetch_max +
+           PROXY_DATA_LINE + 3;
 }
 
 /* Read ahead from message n on, if the upstream is idle, a slot is free
@@ -111,7 +115,7 @@ proxy_pf_start(struct proxy_session *s, uint32_t n)
     pf->state = PF_READING;
     pf->msgno = n;
     pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
-    pf->len = pf->slen = 0;
+    pf->len = 0;
     proxy_upstream_send(s, "RETR %u", (unsigned)n);
 }
 
@@ -121,7 +125,7 @@ static bool
 pf_keep(struct proxy_session *s, struct proxy_prefetch *pf, const char *data,
         size_t len, bool eol)
 {
-    size_t need = pf->len + len + 2;
+    size_t need = pf->len + len + 2 + 3; /* room for the final "." */
 
     if (need > pf_cap_max(s))
         return false;
@@ -231,8 +235,8 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
                 proxy_conn(s)->set_timeouts(s->up, 0, 0);
             return true;
         }
-        memcpy(pf->status, p, len);
-        pf->slen = len;
+        /* the reply as the client gets it, in one piece */
+        pf_keep(s, pf, p, len, true);
         pf->in_data = true;
         return true;
     }
@@ -276,14 +280,16 @@ proxy_pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
     uint32_t last = pf->msgno;
 
     s->msgno = pf->msgno;
-    proxy_out_line(s, pf->status, pf->slen);
     proxy_out_flush(s);
-    if (pf->len > 0 &&
-        proxy_conn(s)->write(s->c, pf->data, pf->len) == MG_AGAIN)
+    /* status, data and, when its copy is durable, the "." in one write:
+     * one system call, one wake-up of the client */
+    if (pf->done) {
+        memcpy(pf->data + pf->len, ".\r\n", 3); /* room: pf_cap_max() */
+        pf->len += 3;
+    }
+    if (proxy_conn(s)->write(s->c, pf->data, pf->len) == MG_AGAIN)
         s->blocked = true;
     if (pf->done) {
-        proxy_out_line(s, ".", 1);
-        proxy_out_flush(s);
         proxy_pf_drop(s, pf);
     } else {
         /* its commit is in flight: the client's command waits for it */

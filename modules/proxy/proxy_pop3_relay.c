@@ -364,15 +364,12 @@ relay_upstream_line(struct proxy_session *s)
     return true;
 }
 
-/* The client's next command (already received) is RETR of a message read
- * ahead: it needs nothing from the upstream, which may still be sending
- * the next one. */
-bool
-proxy_relay_next_local(struct proxy_session *s)
+/* The client's next command (already received), if it is `verb n`. */
+static bool
+relay_next_is(struct proxy_session *s, const char *verb, uint32_t *msgno)
 {
     const char *in, *lf;
     size_t n;
-    uint32_t msgno;
 
     if (s->c == NULL)
         return false;
@@ -383,9 +380,32 @@ proxy_relay_next_local(struct proxy_session *s)
     n = (size_t)(lf - in);
     if (n > 0 && in[n - 1] == '\r')
         n--;
-    return n > 5 && strncasecmp(in, "RETR ", 5) == 0 &&
-           parse_num(in + 5, n - 5, false, &msgno) &&
-           proxy_pf_ready(s, msgno) != NULL;
+    return n > 5 && strncasecmp(in, verb, 4) == 0 && in[4] == ' ' &&
+           parse_num(in + 5, n - 5, false, msgno);
+}
+
+/* The client's next command (already received) is RETR of a message read
+ * ahead: it needs nothing from the upstream, which may still be sending
+ * the next one. */
+bool
+proxy_relay_next_local(struct proxy_session *s)
+{
+    uint32_t msgno;
+
+    return relay_next_is(s, "RETR", &msgno) && proxy_pf_ready(s, msgno) != NULL;
+}
+
+/* The client's next command is DELE of a message whose copy is durable:
+ * it may go upstream behind the message being read ahead (POP3 answers in
+ * order), so its answer follows that message's end without a round trip
+ * of its own. */
+static bool
+relay_next_dele_ready(struct proxy_session *s)
+{
+    uint32_t msgno;
+
+    return relay_next_is(s, "DELE", &msgno) && !proxy_pf_committing(s, msgno) &&
+           proxy_record_have(s, msgno);
 }
 
 static void
@@ -400,8 +420,9 @@ relay_pump(struct proxy_session *s)
             if (proxy_pf_step(s, pf))
                 continue;
             if (!s->dead && s->cmd == PC_NONE && !s->blocked &&
-                proxy_relay_next_local(s) && relay_client_line(s))
-                continue; /* answered from memory meanwhile */
+                (proxy_relay_next_local(s) || relay_next_dele_ready(s)) &&
+                relay_client_line(s))
+                continue; /* answered from memory, or sent on, meanwhile */
             if (!s->dead)
                 proxy_out_flush(s);
             return;

@@ -161,9 +161,13 @@ def test_lines_of_any_length(gateway, dovecot, certs, monkeypatch, ahead):
 
 class TlsUpstream:
     """A POP3 upstream with STLS (the test CA's certificate) that holds
-    two messages and breaks off in the middle of RETR 2."""
+    two messages and breaks off in the middle of RETR 2 -- or, with hold,
+    stops in the middle of it until the next command has come (a client
+    pipelining behind it), then sends the rest and answers that."""
 
-    def __init__(self, test_ca, msg1):
+    def __init__(self, test_ca, msg1, hold=False):
+        self.hold = hold
+        self.held = None  # the command that came while RETR 2 was held
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(test_ca["cert"], test_ca["key"])
         self.msg1 = crlf(msg1)
@@ -217,7 +221,16 @@ class TlsUpstream:
             elif cmd == b"RETR 2":
                 c.sendall(b"+OK\r\nFrom: x@example.org\r\nSubject: cut\r\n\r\n"
                           + b"a line of the body\r\n" * 500)
-                c.shutdown(socket.SHUT_RDWR)
+                if not self.hold:
+                    c.shutdown(socket.SHUT_RDWR)
+                    return
+                self.held = f.readline().strip().upper()
+                self.commands.append(self.held)
+                c.sendall(b"the end\r\n.\r\n" + (
+                    b"+OK deleted\r\n" if self.held == b"DELE 1"
+                    else b"-ERR not pipelined\r\n"))
+            elif cmd == b"QUIT":
+                c.sendall(b"+OK bye\r\n")
                 return
             else:
                 c.sendall(b"-ERR not here\r\n")
@@ -225,6 +238,32 @@ class TlsUpstream:
     def close(self):
         self.sock.close()
         self.thread.join(15)
+
+
+@pytest.mark.watchdog(60)
+def test_dele_goes_upstream_behind_a_message_read_ahead(gateway, certs,
+                                                        test_ca):
+    """DELE 1 (its copy durable) while message 2 is being read ahead goes
+    upstream at once, behind the RETR 2 in flight, not after its end: the
+    upstream here finishes message 2 only once the next command came."""
+    msg1 = sample_messages(1, size=8000, tag="h")[0]
+    up = TlsUpstream(test_ca, msg1, hold=True)
+    try:
+        d = gateway(proxy=AHEAD)
+        mb = mailbox_create(d)
+        p = proxy_login(d, certs, login_name(up.port, mb))
+        assert retr(p, 1) == crlf(msg1)
+        assert p.dele(1).startswith(b"+OK")
+        second = retr(p, 2)
+        assert second.endswith(b"a line of the body\r\nthe end\r\n")
+        assert p.quit().startswith(b"+OK")
+    finally:
+        up.close()
+    assert up.held == b"DELE 1"
+    assert up.commands[-3:] == [b"RETR 2", b"DELE 1", b"QUIT"]
+    assert len(recorded(d, mb)) == 2
+    d.wait_log(r"ended \(QUIT\): 2 retrieved, 2 recorded, 1 already "
+               r"stored, 1 deleted, 0 failures; 1 recorded ahead")
 
 
 @pytest.mark.watchdog(60)
