@@ -859,6 +859,28 @@ MG_DUMP_LINE = re.compile(
     r"sender=<(.*?)> rcpts=(.*)$")
 
 
+MG_DUMP_KEY_LINE = re.compile(
+    r"^id=(\d+) alg=(\d+) sender_key=(\S+) cipher=(aes256gcm|xchacha20poly1305)$")
+
+
+def mg_dump_keys(d, mailbox):
+    """Each message's encryption from mg-dump --keys (which also decrypts
+    every message): a list of (id, alg, sender key hex or "-", cipher)."""
+    r = subprocess.run(
+        [build_tool("mg-dump"), d.data_dir, mailbox["id"], "--password",
+         mailbox["password"], "--keys"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, timeout=60, env=daemon_env())
+    assert not sanitizer_lines(r.stderr.decode(errors="replace")), r.stderr
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    out = []
+    for line in r.stdout.decode().splitlines():
+        m = MG_DUMP_KEY_LINE.match(line)
+        assert m, "unexpected mg-dump line %r" % line
+        out.append((int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)))
+    return out
+
+
 def mg_dump(d, mailbox, outdir=None):
     """The mailbox's messages read back from the store with the test tool
     mg-dump (works beside a running daemon): a list of dicts with id,

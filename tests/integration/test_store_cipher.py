@@ -12,20 +12,17 @@ the messages' text.
 
 import os
 import platform
-import re
 import subprocess
 
 import pytest
 
-from conftest import build_tool, daemon_env, sanitizer_lines
+from conftest import build_tool, daemon_env, mg_dump_keys, sanitizer_lines
 from pop3_helpers import (deliver, login, mailbox_create, make_pop3,
                           sample_message, strip_trace)
 from test_store_sender_key import not_on_disk
 
 assert make_pop3  # a fixture, used by name
 
-KEY_LINE = re.compile(
-    r"^id=(\d+) alg=(\d+) sender_key=(\S+) cipher=(aes256gcm|xchacha20poly1305)$")
 CIPHER_OF = {1: "xchacha20poly1305", 2: "xchacha20poly1305", 3: "aes256gcm"}
 
 
@@ -45,21 +42,11 @@ def cpu_has_aes():
 def schemes(d, mailbox):
     """{message id: alg} from mg-dump --keys (which also decrypts every
     message); each line's cipher must be its scheme's."""
-    r = subprocess.run(
-        [build_tool("mg-dump"), d.data_dir, mailbox["id"], "--password",
-         mailbox["password"], "--keys"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, timeout=60, env=daemon_env())
-    assert not sanitizer_lines(r.stderr.decode(errors="replace")), r.stderr
-    assert r.returncode == 0, r.stderr.decode(errors="replace")
     out = {}
-    for line in r.stdout.decode().splitlines():
-        m = KEY_LINE.match(line)
-        assert m, "unexpected mg-dump line %r" % line
-        alg = int(m.group(2))
-        assert m.group(4) == CIPHER_OF[alg], line
-        assert (m.group(3) == "-") == (alg == 1), line
-        out[int(m.group(1))] = alg
+    for msg_id, alg, sender_key, cipher in mg_dump_keys(d, mailbox):
+        assert cipher == CIPHER_OF[alg], (msg_id, alg, cipher)
+        assert (sender_key == "-") == (alg == 1), (msg_id, alg, sender_key)
+        out[msg_id] = alg
     return out
 
 

@@ -12,34 +12,19 @@ the data directory holds the messages' text.
 """
 
 import os
-import re
-import subprocess
 
-from conftest import build_tool, daemon_env, sanitizer_lines
+from conftest import mg_dump_keys
 from pop3_helpers import (deliver, login, mailbox_create, make_pop3,
                           sample_message, strip_trace)
 
 assert make_pop3  # a fixture, used by name
 
-KEY_LINE = re.compile(r"^id=(\d+) alg=(\d+) sender_key=(\S+) cipher=\S+$")
 
 
 def sender_keys(d, mailbox):
     """{message id: (alg, sender key hex)} from mg-dump --keys (which
     also decrypts every message)."""
-    r = subprocess.run(
-        [build_tool("mg-dump"), d.data_dir, mailbox["id"], "--password",
-         mailbox["password"], "--keys"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, timeout=60, env=daemon_env())
-    assert not sanitizer_lines(r.stderr.decode(errors="replace")), r.stderr
-    assert r.returncode == 0, r.stderr.decode(errors="replace")
-    out = {}
-    for line in r.stdout.decode().splitlines():
-        m = KEY_LINE.match(line)
-        assert m, "unexpected mg-dump line %r" % line
-        out[int(m.group(1))] = (int(m.group(2)), m.group(3))
-    return out
+    return {i: (alg, key) for i, alg, key, _ in mg_dump_keys(d, mailbox)}
 
 
 def retrieve_all(d, mb, certs):
