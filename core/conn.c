@@ -848,6 +848,9 @@ mg_conn_outbound(int fd, struct mg_modctx *mod, SSL *ssl, bool tls_done)
         if (tls_done) {
             c->tls_ready = true;
             conn_tls_info(c);
+            /* what read-ahead took in with the handshake's last flight
+             * (a TLS 1.2 server's greeting) wakes no epoll: feed it */
+            c->ssl_buffered = SSL_has_pending(ssl);
         } else {
             c->tls_client_pending = true;
         }

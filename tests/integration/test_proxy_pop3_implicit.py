@@ -7,6 +7,8 @@ as root (binding 995); a port already taken is a failure, never a skip."""
 
 import errno
 import socket
+import ssl
+import threading
 
 import pytest
 
@@ -109,3 +111,73 @@ def test_995_needs_allow_targets(gateway, upstream995, certs):
         proxy_login(d, certs, name995(mb))
     assert "refused" in str(e.value) and "loopback" in str(e.value), e.value
     assert dovecot_tls_logins(dv) == []
+
+
+class Tls12GreetingUpstream:
+    """A minimal implicit-TLS POP3 upstream on 127.0.0.2:995 that speaks
+    TLS 1.2 and sends its greeting in the same TCP segment as its last
+    handshake flight (TCP_CORK around both): a client that reads ahead
+    gets the greeting inside OpenSSL while it completes the handshake,
+    where no socket event will ever announce it."""
+
+    def __init__(self, cert, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        self.ctx.load_cert_chain(cert, key)
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind((ADDR, 995))
+        self.srv.listen(4)
+        self.seen = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        try:
+            raw, _ = self.srv.accept()
+        except OSError:
+            return
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        with self.ctx.wrap_socket(raw, server_side=True,
+                                  do_handshake_on_connect=False) as s:
+            s.do_handshake()
+            s.sendall(b"+OK fake ready\r\n")
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            f = s.makefile("rb")
+            for line in f:
+                cmd = line.split(b" ", 1)[0].strip().upper()
+                self.seen.append(cmd)
+                if cmd == b"CAPA":
+                    s.sendall(b"+OK\r\nUSER\r\nUIDL\r\n.\r\n")
+                elif cmd in (b"UIDL", b"LIST"):
+                    s.sendall(b"+OK\r\n.\r\n")
+                elif cmd == b"STAT":
+                    s.sendall(b"+OK 0 0\r\n")
+                elif cmd == b"QUIT":
+                    s.sendall(b"+OK bye\r\n")
+                    return
+                else:
+                    s.sendall(b"+OK\r\n")
+
+    def close(self):
+        self.srv.close()
+        self.thread.join(5)
+
+
+def test_greeting_read_ahead_with_the_handshake(gateway, test_ca, tmp_path,
+                                                certs):
+    """TLS 1.2 upstream whose greeting arrives with its Finished: the
+    proxy must still see the greeting (OpenSSL holds it after the
+    handshake; the socket has nothing more to announce)."""
+    port_995_free()
+    c = ca_server_cert(test_ca, str(tmp_path), "tls12", "IP:" + ADDR)
+    up = Tls12GreetingUpstream(c["cert"], c["key"])
+    try:
+        d = gateway(allow=[ADDR])
+        mb = mailbox_create(d)
+        p = proxy_login(d, certs, name995(mb))
+        assert p.stat() == (0, 0)
+        p.quit()
+        assert b"USER" in up.seen or b"AUTH" in up.seen, up.seen
+    finally:
+        up.close()
