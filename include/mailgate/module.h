@@ -236,6 +236,8 @@ struct mg_connect_spec {
     /** Called for each resolved address before connecting: MG_OK to use
      * it, MG_DECLINED to skip it (SSRF policy on the resolved address). */
     int (*filter)(const struct sockaddr *sa, socklen_t len, void *arg);
+    /** true: always a full handshake, no session cached or offered */
+    bool no_tls_resume;
 };
 
 /** Result of connect(): conn on MG_OK, error text otherwise. */
