@@ -849,9 +849,6 @@ mg_conn_outbound(int fd, struct mg_modctx *mod, SSL *ssl, bool tls_done)
         if (tls_done) {
             c->tls_ready = true;
             conn_tls_info(c);
-            conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s%s",
-                     c->peer.tls_version, c->peer.tls_cipher,
-                     SSL_session_reused(ssl) ? " (resumed)" : "");
         } else {
             c->tls_client_pending = true;
         }
@@ -864,6 +861,10 @@ mg_conn_outbound(int fd, struct mg_modctx *mod, SSL *ssl, bool tls_done)
     }
     c->peer.listener = "outbound";
     conn_fill_local(c);
+    if (c->tls_ready)
+        conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s%s",
+                 c->peer.tls_version, c->peer.tls_cipher,
+                 SSL_session_reused(ssl) ? " (resumed)" : "");
     return c;
 }
 

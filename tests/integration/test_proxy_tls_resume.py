@@ -55,6 +55,23 @@ def test_second_session_resumes(gateway, upstream, certs):
     assert UP_PASS not in d.log()
 
 
+def test_tls12_upstream_resumes(gateway, upstream, certs):
+    """TLS 1.2: the session id (or ticket) of the full handshake is offered
+    again, and kept for later sessions."""
+    import ssl
+    up = upstream(tls_max=ssl.TLSVersion.TLSv1_2)
+    d = gateway()
+    mb = mailbox_create(d)
+    name = login_name(up.port, mb)
+    send_one(d, certs, name, "first")
+    for i in range(2):
+        log1 = len(d.log())
+        send_one(d, certs, name, "again-%d" % i)
+        d.wait_log(r"TLS established: TLSv1\.2 \S+ \(resumed\)", start=log1)
+    assert len(up.messages) == 3 and len(up.logins) == 3
+    assert UP_PASS not in d.log()
+
+
 def test_other_verify_name_does_not_resume(gateway, upstream, certs):
     up = upstream()
     d = gateway()
