@@ -171,3 +171,4 @@ def test_setting_off_never_resumes(gateway, upstream, certs):
     assert established_since(d, log0) >= 3
     assert resumed_since(d, log0) == 0
     assert len(up.messages) == 3
+
