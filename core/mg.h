@@ -309,8 +309,9 @@ bool mg_tls_resume_prepare(SSL *ssl, const char *host, int port,
 /** Drop every cached session (reload, shutdown); sessions from handshakes
  * begun before are never cached. */
 void mg_tls_resume_flush(void);
-/** Sessions cached now (tests, metrics). */
+/** Upstreams with cached sessions now (at most 1024), and sessions. */
 size_t mg_tls_resume_count(void);
+size_t mg_tls_resume_sessions(void);
 /** "subject, not after" of the context's certificate, for logs. */
 const char *mg_tls_ctx_describe(SSL_CTX *ctx);
 /** Provided by conn.c: the ALPN protocol ids ("smtp", …; NULL-terminated)

@@ -17,15 +17,20 @@
 #define RESUME_MAX_ENTRIES  1024
 #define RESUME_MAX_LIFETIME 3600 /* seconds, caps the session's timeout */
 #define RESUME_BUCKETS      256  /* power of two */
+/* TLS 1.3 tickets kept per upstream: each is used once, and sessions that
+ * start together (a client sending with several connections) each need
+ * one; servers send one or two per handshake */
+#define RESUME_PER_KEY 8
 
-/** One cached session. The key names everything that decided the
- * verification, so a session is only offered where it was verified. */
+/** The sessions of one upstream. The key names everything that decided
+ * the verification, so a session is only offered where it was verified. */
 struct resume_entry {
     struct resume_entry *hnext;         /* bucket chain */
     struct resume_entry *newer, *older; /* LRU list */
     char *key;
     uint32_t hash;
-    SSL_SESSION *sess; /* one reference, ours */
+    SSL_SESSION *sess[RESUME_PER_KEY]; /* oldest first; references ours */
+    unsigned n;
 };
 
 /** Attached to an SSL: where its new sessions go. */
@@ -93,7 +98,8 @@ static void
 resume_entry_free(struct resume_entry *e)
 {
     resume_unlink(e);
-    SSL_SESSION_free(e->sess);
+    while (e->n > 0)
+        SSL_SESSION_free(e->sess[--e->n]);
     free(e->key);
     free(e);
 }
@@ -111,8 +117,11 @@ resume_find(const char *key, uint32_t hash)
 }
 
 static void
-resume_push_newest(struct resume_entry *e)
+resume_link(struct resume_entry *e)
 {
+    e->hnext = resume_buckets[e->hash & (RESUME_BUCKETS - 1)];
+    resume_buckets[e->hash & (RESUME_BUCKETS - 1)] = e;
+    resume_count++;
     e->older = resume_newest;
     e->newer = NULL;
     if (resume_newest != NULL)
@@ -134,8 +143,8 @@ resume_expired(SSL_SESSION *sess)
 }
 
 /* OpenSSL hands over each new session: after a full handshake (TLS 1.2)
- * or with each ticket after it (TLS 1.3, possibly several: the newest
- * wins). 1: we keep the reference. */
+ * or with each ticket after it (TLS 1.3, possibly several: kept up to
+ * RESUME_PER_KEY, the oldest dropped first). 1: we keep the reference. */
 static int
 resume_new_session(SSL *ssl, SSL_SESSION *sess)
 {
@@ -150,8 +159,6 @@ resume_new_session(SSL *ssl, SSL_SESSION *sess)
         return 0;
     e = resume_find(t->key, t->hash);
     if (e != NULL) {
-        SSL_SESSION_free(e->sess);
-        e->sess = sess;
         resume_unlink(e);
     } else {
         if (resume_count >= RESUME_MAX_ENTRIES)
@@ -159,12 +166,20 @@ resume_new_session(SSL *ssl, SSL_SESSION *sess)
         e = mg_xcalloc(1, sizeof(*e));
         e->key = mg_xstrdup(t->key);
         e->hash = t->hash;
-        e->sess = sess;
     }
-    e->hnext = resume_buckets[e->hash & (RESUME_BUCKETS - 1)];
-    resume_buckets[e->hash & (RESUME_BUCKETS - 1)] = e;
-    resume_push_newest(e);
-    resume_count++;
+    /* a TLS 1.2 session is reused as often as the server lets it: the
+     * newest replaces all; TLS 1.3 tickets accumulate */
+    if (SSL_SESSION_get_protocol_version(sess) < TLS1_3_VERSION ||
+        e->n == RESUME_PER_KEY) {
+        unsigned drop = e->n == RESUME_PER_KEY ? 1 : e->n;
+
+        for (unsigned i = 0; i < drop; i++)
+            SSL_SESSION_free(e->sess[i]);
+        memmove(e->sess, e->sess + drop, (e->n - drop) * sizeof(e->sess[0]));
+        e->n -= drop;
+    }
+    e->sess[e->n++] = sess;
+    resume_link(e);
     return 1;
 }
 
@@ -208,21 +223,31 @@ mg_tls_resume_prepare(SSL *ssl, const char *host, int port,
     e = resume_find(t->key, t->hash);
     if (e == NULL)
         return false;
-    if (resume_expired(e->sess) || !SSL_SESSION_is_resumable(e->sess)) {
-        resume_entry_free(e);
-        return false;
+    resume_unlink(e);
+    /* the newest first; an expired or spoilt one is dropped */
+    while (e->n > 0 && !offered) {
+        SSL_SESSION *sess = e->sess[e->n - 1];
+
+        if (resume_expired(sess) || !SSL_SESSION_is_resumable(sess)) {
+            SSL_SESSION_free(sess);
+            e->n--;
+            continue;
+        }
+        offered = SSL_set_session(ssl, sess) == 1;
+        if (SSL_SESSION_get_protocol_version(sess) >= TLS1_3_VERSION ||
+            !offered) {
+            /* RFC 8446 C.4: a TLS 1.3 ticket is used once; the resumed
+             * handshake brings fresh ones (SSL_set_session took a
+             * reference of its own) */
+            SSL_SESSION_free(sess);
+            e->n--;
+        }
     }
-    offered = SSL_set_session(ssl, e->sess) == 1;
-    if (SSL_SESSION_get_protocol_version(e->sess) >= TLS1_3_VERSION) {
-        /* RFC 8446 C.4: a TLS 1.3 ticket is used once; the resumed
-         * handshake brings a fresh one */
-        resume_entry_free(e);
+    if (e->n == 0) {
+        free(e->key);
+        free(e);
     } else {
-        resume_unlink(e);
-        resume_push_newest(e);
-        e->hnext = resume_buckets[e->hash & (RESUME_BUCKETS - 1)];
-        resume_buckets[e->hash & (RESUME_BUCKETS - 1)] = e;
-        resume_count++;
+        resume_link(e);
     }
     return offered;
 }
@@ -239,4 +264,14 @@ size_t
 mg_tls_resume_count(void)
 {
     return resume_count;
+}
+
+size_t
+mg_tls_resume_sessions(void)
+{
+    size_t n = 0;
+
+    for (const struct resume_entry *e = resume_newest; e != NULL; e = e->older)
+        n += e->n;
+    return n;
 }

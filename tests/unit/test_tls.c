@@ -1178,17 +1178,49 @@ static void
 test_resume_tls13(void **state)
 {
     SSL_CTX *ctx = resume_ctx();
+    size_t n;
     bool offered;
+    SSL *ssl;
 
     (void)state;
     assert_false(resume_round(ctx, "localhost", ca_pem, 0, &offered));
     assert_false(offered);
     assert_int_equal(mg_tls_resume_count(), 1);
+    /* OpenSSL's server sends two tickets: both are kept, for sessions
+     * that start together */
+    n = mg_tls_resume_sessions();
+    assert_int_equal(n, 2);
+    /* each ticket is offered once */
+    ssl = SSL_new(ctx);
+    assert_true(
+        mg_tls_resume_prepare(ssl, "localhost", 4711, "localhost", ca_pem));
+    SSL_free(ssl);
+    assert_int_equal(mg_tls_resume_sessions(), n - 1);
     assert_true(resume_round(ctx, "localhost", ca_pem, 0, &offered));
     assert_true(offered);
-    /* the ticket was used once; the resumed handshake brought a new one */
     assert_int_equal(mg_tls_resume_count(), 1);
+    assert_true(mg_tls_resume_sessions() >= 1);
     assert_true(resume_round(ctx, "localhost", ca_pem, 0, &offered));
+    /* never more than eight for one upstream */
+    /* full handshakes (the client offers nothing) bring two each: at
+     * most eight are kept for one upstream */
+    for (int i = 0; i < 10; i++) {
+        struct mg_conn conn = {.alpn = NULL};
+        struct pair p;
+
+        pair_init(&p, ctx, &conn);
+        client_for(&p, "localhost");
+        (void)mg_tls_resume_prepare(p.c, "localhost", 4711, "localhost",
+                                    ca_pem);
+        assert_int_equal(SSL_set_session(p.c, NULL), 1);
+        pair_run(&p);
+        assert_int_equal(p.c_rc, 1);
+        pair_exchange(&p);
+        assert_false(SSL_session_reused(p.c));
+        (void)SSL_shutdown(p.c);
+        pair_free(&p);
+    }
+    assert_int_equal(mg_tls_resume_sessions(), 8);
 
     /* another name, another CA file: nothing offered */
     assert_false(resume_round(ctx, "127.0.0.1", ca_pem, 0, &offered));
@@ -1200,6 +1232,7 @@ test_resume_tls13(void **state)
     /* a flush drops all; the next handshake is a full one */
     mg_tls_resume_flush();
     assert_int_equal(mg_tls_resume_count(), 0);
+    assert_int_equal(mg_tls_resume_sessions(), 0);
     assert_false(resume_round(ctx, "localhost", ca_pem, 0, &offered));
     assert_false(offered);
     mg_tls_resume_flush();
@@ -1255,6 +1288,7 @@ test_resume_tls12_and_lifetime(void **state)
     assert_true(
         resume_round(ctx, "localhost", ca_pem, TLS1_2_VERSION, &offered));
     assert_int_equal(mg_tls_resume_count(), 1);
+    assert_int_equal(mg_tls_resume_sessions(), 1);
     assert_true(
         resume_round(ctx, "localhost", ca_pem, TLS1_2_VERSION, &offered));
 
