@@ -611,8 +611,9 @@ conn_handshake(struct mg_conn *c)
         c->tls_ready = true;
         c->state = CONN_OPEN;
         conn_tls_info(c);
-        conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s", c->peer.tls_version,
-                 c->peer.tls_cipher);
+        conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s%s",
+                 c->peer.tls_version, c->peer.tls_cipher,
+                 SSL_session_reused(c->ssl) ? " (resumed)" : "");
         if (c->fn == NULL && c->listener != NULL) {
             conn_ready(c); /* implicit TLS: now the module sees it */
             return;
@@ -863,6 +864,10 @@ mg_conn_outbound(int fd, struct mg_modctx *mod, SSL *ssl, bool tls_done)
     }
     c->peer.listener = "outbound";
     conn_fill_local(c);
+    if (c->tls_ready)
+        conn_log(c, MG_LOG_DEBUG, "TLS established: %s %s%s",
+                 c->peer.tls_version, c->peer.tls_cipher,
+                 SSL_session_reused(ssl) ? " (resumed)" : "");
     return c;
 }
 

@@ -12,6 +12,7 @@ libmgcore_la_SOURCES = \
 	core/hooks.c \
 	core/workers.c \
 	core/tls.c \
+	core/tls_resume.c \
 	core/listener.c \
 	core/limits.c \
 	core/conn.c \

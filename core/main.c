@@ -109,6 +109,8 @@ main_reload(const char *source)
         return;
     }
     main_apply_logging(&gen->config->s);
+    /* CA files are read again; no TLS session outlives its trust */
+    mg_outbound_reset();
     mg_log(MG_LOG_INFO, "reload: configuration generation %llu running",
            (unsigned long long)gen->id);
 }
@@ -445,6 +447,7 @@ main(int argc, char **argv)
     mg_conns_close_all();
     mg_store_api_close(); /* queued writes finish; completions posted */
     mg_workers_stop();
+    mg_outbound_reset();
     mg_api_timers_free();
     ev_timer_stop(mg_loop, &main_drain);
     ev_timer_stop(mg_loop, &main_reload_timer);

@@ -297,6 +297,21 @@ SSL_CTX *mg_tls_client_ctx(const char *ca_file, const char **error_r);
 int mg_tls_client_setup(SSL *ssl, const char *host, const char **error_r);
 /** Index of SSL ex_data holding the struct mg_conn *. */
 extern int mg_tls_conn_index;
+
+/* -------------------------------------------------------- tls_resume.c */
+
+/** Give a client context the process-wide session cache. */
+void mg_tls_resume_enable(SSL_CTX *ctx);
+/** Tag a client SSL with its cache key (host, port, verify name, CA file)
+ * and offer a cached session for it; true when one was offered. */
+bool mg_tls_resume_prepare(SSL *ssl, const char *host, int port,
+                           const char *verify_name, const char *ca_file);
+/** Drop every cached session (reload, shutdown); sessions from handshakes
+ * begun before are never cached. */
+void mg_tls_resume_flush(void);
+/** Upstreams with cached sessions now (at most 1024), and sessions. */
+size_t mg_tls_resume_count(void);
+size_t mg_tls_resume_sessions(void);
 /** "subject, not after" of the context's certificate, for logs. */
 const char *mg_tls_ctx_describe(SSL_CTX *ctx);
 /** Provided by conn.c: the ALPN protocol ids ("smtp", …; NULL-terminated)
@@ -386,6 +401,9 @@ struct mg_generation *mg_conn_generation(const struct mg_conn *c);
 int mg_outbound_connect(struct mg_modctx *mod,
                         const struct mg_connect_spec *spec, mg_connect_fn done,
                         void *arg, const char **error_r);
+/** Forget the client contexts and cached TLS sessions: a reload re-reads
+ * the CA files, and no session outlives the trust it was verified under. */
+void mg_outbound_reset(void);
 
 /* -------------------------------------------------------- generation.c */
 

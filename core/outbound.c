@@ -23,7 +23,9 @@ struct outbound {
     char *host;
     int port;
     enum mg_tls_mode tls;
-    SSL_CTX *ctx; /* cached, not owned */
+    SSL_CTX *ctx;  /* one reference, ours */
+    char *ca_file; /* part of the TLS session cache key */
+    bool resume;   /* offer and cache TLS sessions */
     uint32_t timeout_ms;
     int (*filter)(const struct sockaddr *sa, socklen_t len, void *arg);
     mg_connect_fn done;
@@ -72,12 +74,27 @@ outbound_client_ctx(const char *ca_file, const char **error_r)
     ctx = mg_tls_client_ctx(ca_file, error_r);
     if (ctx == NULL)
         return NULL;
+    mg_tls_resume_enable(ctx);
     oc = mg_xcalloc(1, sizeof(*oc));
     oc->ca_file = ca_file != NULL ? mg_xstrdup(ca_file) : NULL;
     oc->ctx = ctx;
     oc->next = outbound_ctxs;
     outbound_ctxs = oc;
     return ctx;
+}
+
+void
+mg_outbound_reset(void)
+{
+    while (outbound_ctxs != NULL) {
+        struct outbound_ctx *oc = outbound_ctxs;
+
+        outbound_ctxs = oc->next;
+        SSL_CTX_free(oc->ctx); /* connections in flight hold their own */
+        free(oc->ca_file);
+        free(oc);
+    }
+    mg_tls_resume_flush();
 }
 
 static void
@@ -94,6 +111,9 @@ outbound_free(struct outbound *ob)
         freeaddrinfo(ob->res);
     free(ob->last_error);
     free(ob->error);
+    if (ob->ctx != NULL)
+        SSL_CTX_free(ob->ctx);
+    free(ob->ca_file);
     free(ob->host);
     free(ob);
 }
@@ -250,6 +270,10 @@ outbound_connected(struct outbound *ob)
         outbound_fail(ob, error);
         return;
     }
+    /* the name checked is the host (mg_tls_client_setup) */
+    if (ob->resume)
+        (void)mg_tls_resume_prepare(ob->ssl, ob->host, ob->port, ob->host,
+                                    ob->ca_file);
     if (ob->tls == MG_TLS_STARTTLS)
         outbound_succeed(ob, false);
     else
@@ -443,6 +467,8 @@ mg_outbound_connect(struct mg_modctx *mod, const struct mg_connect_spec *spec,
         ctx = outbound_client_ctx(spec->ca_file, error_r);
         if (ctx == NULL)
             return MG_ERROR;
+        /* a reload may drop the cached context while DNS runs */
+        SSL_CTX_up_ref(ctx);
     }
 
     ob = mg_xcalloc(1, sizeof(*ob));
@@ -451,6 +477,8 @@ mg_outbound_connect(struct mg_modctx *mod, const struct mg_connect_spec *spec,
     ob->port = spec->port;
     ob->tls = spec->tls;
     ob->ctx = ctx;
+    ob->ca_file = spec->ca_file != NULL ? mg_xstrdup(spec->ca_file) : NULL;
+    ob->resume = !spec->no_tls_resume;
     ob->timeout_ms = spec->connect_timeout_ms ? spec->connect_timeout_ms
                                               : OUTBOUND_DEFAULT_TIMEOUT_MS;
     ob->filter = spec->filter;

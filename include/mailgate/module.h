@@ -7,7 +7,9 @@
  * doc/modules.md explains the life cycle; doc/hooks.md lists the hooks.
  *
  * Rules for this file: structs only grow at the end (check `size` before
- * using a field added later); any other change bumps MG_ABI_VERSION.
+ * using a field added later); any other change bumps MG_ABI_VERSION, and
+ * so does growing a struct without a `size` that the core reads from a
+ * module (mg_connect_spec).
  */
 #ifndef MG_MODULE_H
 #define MG_MODULE_H
@@ -22,7 +24,9 @@
 #include <mailgate/store.h>
 
 /** Bumped whenever a struct in this header changes other than by growing. */
-#define MG_ABI_VERSION 1
+/* 2: mg_connect_spec grew no_tls_resume; the core cannot see the size of a
+ * struct a module passes in, so growing one of those is a new version */
+#define MG_ABI_VERSION 2
 
 #define MG_EXPORT       __attribute__((visibility("default")))
 #define MG_PRINTF(f, a) __attribute__((format(printf, f, a)))
@@ -236,6 +240,8 @@ struct mg_connect_spec {
     /** Called for each resolved address before connecting: MG_OK to use
      * it, MG_DECLINED to skip it (SSRF policy on the resolved address). */
     int (*filter)(const struct sockaddr *sa, socklen_t len, void *arg);
+    /** true: always a full handshake, no session cached or offered */
+    bool no_tls_resume;
 };
 
 /** Result of connect(): conn on MG_OK, error text otherwise. */

@@ -41,6 +41,7 @@ struct proxy_state {
     uint64_t session_ms;
     uint64_t prefetch_max; /* prefetch_max_size: 0 = no record-ahead */
     bool log_addresses;
+    bool tls_resume; /* tls_session_cache */
     char hostname[256];
 };
 

@@ -23,6 +23,7 @@ static const struct mg_setting proxy_settings[] = {
     {.name = "upstream_timeout", .type = MG_SET_INT, .min = 1, .max = 3600},
     {.name = "idle_timeout", .type = MG_SET_INT, .min = 1, .max = 86400},
     {.name = "max_session_time", .type = MG_SET_INT, .min = 0, .max = 604800},
+    {.name = "tls_session_cache", .type = MG_SET_BOOL},
     /* bytes; 0 turns record-ahead off */
     {.name = "prefetch_max_size",
      .type = MG_SET_INT,
@@ -128,6 +129,7 @@ proxy_configure(struct mg_modctx *m, const struct mg_core_api *api,
         (uint64_t)api->setting_int(sect, "max_session_time", 0) * 1000u;
     st->prefetch_max =
         (uint64_t)api->setting_int(sect, "prefetch_max_size", 1024 * 1024);
+    st->tls_resume = api->setting_bool(sect, "tls_session_cache", true);
     s = api->setting_string(sect, "ca_file", NULL);
     if (s != NULL && s[0] != '\0') {
         if (access(s, R_OK) != 0) {

@@ -193,6 +193,7 @@ proxy_connect_spec(const struct proxy_state *st,
                                                          : MG_TLS_STARTTLS;
     spec->ca_file = st->ca_file;
     spec->connect_timeout_ms = st->connect_ms;
+    spec->no_tls_resume = !st->tls_resume;
 }
 
 void

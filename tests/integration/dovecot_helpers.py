@@ -102,9 +102,12 @@ class Dovecot:
     """One private dovecot process (POP3 only)."""
 
     def __init__(self, ssl_mode, cert, key, address="127.0.0.1", port=None,
-                 implicit=False):
+                 implicit=False, reuse_login=False):
         """implicit: one implicit-TLS (pop3s) listener on address:port
-        instead of the plain one with STLS on a free port."""
+        instead of the plain one with STLS on a free port. reuse_login:
+        one long-lived pop3-login process (Dovecot's "high-performance"
+        mode), whose TLS context, and so its ticket keys, outlive a
+        connection; by default each connection has a process of its own."""
         # not under pytest's 0700 tmp dir: the login processes run as
         # dovenull and must reach their sockets
         self.dir = tempfile.mkdtemp(prefix="mg-dovecot-")
@@ -150,7 +153,7 @@ userdb {{
   args = uid=nobody gid=nogroup home={d}/home/%u
 }}
 service pop3-login {{
-  inet_listener pop3 {{
+{login_mode}  inet_listener pop3 {{
     address = {address}
     port = {plain_port}
   }}
@@ -179,6 +182,8 @@ service stats {{
            plain_port=0 if implicit else self.port,
            tls_port=self.port if implicit else 0,
            tls_ssl="    ssl = yes\n" if implicit else "",
+           login_mode=("  service_count = 0\n  process_min_avail = 1\n"
+                       "  process_limit = 1\n" if reuse_login else ""),
            dpa="no" if ssl_mode == "no" else "yes"))
         self.proc = None
         self.seq = 0

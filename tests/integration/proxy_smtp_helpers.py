@@ -42,7 +42,7 @@ class Upstream:
     TEMPFAIL-ME 451."""
 
     def __init__(self, test_ca, mode="starttls", smtputf8=False,
-                 address="127.0.0.1", port=None, cert=None):
+                 address="127.0.0.1", port=None, cert=None, tls_max=None):
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult
 
@@ -97,6 +97,8 @@ class Upstream:
                   auth_require_tls=True, authenticator=authenticator,
                   enable_SMTPUTF8=smtputf8, data_size_limit=10 * 1024 * 1024)
         ctx = server_ctx(test_ca, cert)
+        if tls_max is not None:
+            ctx.maximum_version = tls_max  # e.g. TLS 1.2 session ids
         if mode == "implicit":
             # aiosmtpd counts only STARTTLS as TLS for AUTH: the listener
             # here speaks nothing but TLS, so AUTH is offered from the start
@@ -117,7 +119,7 @@ class Upstream:
 @pytest.fixture
 def upstream(test_ca):
     """Factory: upstream(mode="starttls"|"implicit"|"plain", address=,
-    port=, cert=) -- a free port on 127.0.0.1 unless told."""
+    port=, cert=, tls_max=) -- a free port on 127.0.0.1 unless told."""
     made = []
 
     def make(**kw):

@@ -110,3 +110,23 @@ def test_465_verifies_the_address(gateway, upstream465, certs):
         code, text)
     assert up.logins == []
     assert UP_PASS not in d.log()
+
+
+def test_implicit_tls_upstream_resumes(gateway, upstream465, certs):
+    """The second session's handshake on 465 resumes the first one's TLS
+    session (doc/security.md, "TLS session resumption")."""
+    up = upstream465()
+    d = gateway(allow=[ADDR])
+    mb = mailbox_create(d)
+    for i in range(3):
+        log0 = len(d.log())
+        s = proxy_client(d, certs, name465(mb), implicit=True)
+        assert s.sendmail("alice@upstream.test", ["bob@example.org"],
+                          message("r465-%d" % i)) == {}
+        s.quit()
+        # the upstream leg's line (the client's leg is conn 127.0.0.1)
+        established = d.wait_log(r"%s: TLS established: [^\n]*"
+                                 % re.escape(ADDR), start=log0)
+        assert ("(resumed)" in established.group(0)) == (i > 0)
+    assert len(up.messages) == 3 and all(m["tls"] for m in up.messages)
+    assert UP_PASS not in d.log()

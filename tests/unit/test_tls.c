@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1111,6 +1112,246 @@ test_outbound_bad_spec(void **state)
     assert_false(res.called);
 }
 
+/* ------------------------------------------------- session resumption */
+
+/* The server's TLS 1.3 tickets come after the handshake: the client reads
+ * them when it reads data. One byte each way brings them in. */
+static void
+pair_exchange(struct pair *p)
+{
+    char b = 'x';
+    int i;
+
+    assert_int_equal(SSL_write(p->s, &b, 1), 1);
+    for (i = 0; i < 10; i++) {
+        if (SSL_read(p->c, &b, 1) == 1)
+            break;
+    }
+    assert_int_equal(b, 'x');
+}
+
+/* A handshake of a client from ctx for host under the cache key (host,
+ * 4711, host, ca); true when it resumed. max: the highest version. */
+static bool
+resume_round(SSL_CTX *ctx, const char *host, const char *ca, int max,
+             bool *offered)
+{
+    struct mg_conn conn = {.alpn = NULL};
+    struct pair p;
+    bool reused;
+
+    pair_init(&p, ctx, &conn);
+    if (max != 0)
+        assert_int_equal(SSL_set_max_proto_version(p.c, max), 1);
+    client_for(&p, host);
+    *offered = mg_tls_resume_prepare(p.c, host, 4711, host, ca);
+    pair_run(&p);
+    assert_int_equal(p.c_rc, 1);
+    assert_int_equal(p.s_rc, 1);
+    /* resumed or not, the peer certificate and its verification are
+     * there for checks after the handshake */
+    assert_int_equal(SSL_get_verify_result(p.c), X509_V_OK);
+    assert_non_null(SSL_get0_peer_certificate(p.c));
+    pair_exchange(&p);
+    reused = SSL_session_reused(p.c) == 1;
+    /* a connection that ends without close_notify makes OpenSSL mark its
+     * session not resumable (ssl_clear_bad_session) */
+    (void)SSL_shutdown(p.c);
+    pair_free(&p);
+    return reused;
+}
+
+static SSL_CTX *
+resume_ctx(void)
+{
+    const char *error = NULL;
+    SSL_CTX *ctx = mg_tls_client_ctx(ca_pem, &error);
+
+    if (ctx == NULL)
+        fail_msg("client ctx: %s", error);
+    mg_tls_resume_enable(ctx);
+    mg_tls_resume_flush();
+    return ctx;
+}
+
+static void
+test_resume_tls13(void **state)
+{
+    SSL_CTX *ctx = resume_ctx();
+    size_t n;
+    bool offered;
+    SSL *ssl;
+
+    (void)state;
+    assert_false(resume_round(ctx, "localhost", ca_pem, 0, &offered));
+    assert_false(offered);
+    assert_int_equal(mg_tls_resume_count(), 1);
+    /* OpenSSL's server sends two tickets: both are kept, for sessions
+     * that start together */
+    n = mg_tls_resume_sessions();
+    assert_int_equal(n, 2);
+    /* each ticket is offered once */
+    ssl = SSL_new(ctx);
+    assert_true(
+        mg_tls_resume_prepare(ssl, "localhost", 4711, "localhost", ca_pem));
+    SSL_free(ssl);
+    assert_int_equal(mg_tls_resume_sessions(), n - 1);
+    assert_true(resume_round(ctx, "localhost", ca_pem, 0, &offered));
+    assert_true(offered);
+    assert_int_equal(mg_tls_resume_count(), 1);
+    assert_true(mg_tls_resume_sessions() >= 1);
+    assert_true(resume_round(ctx, "localhost", ca_pem, 0, &offered));
+    /* never more than eight for one upstream */
+    /* full handshakes (the client offers nothing) bring two each: at
+     * most eight are kept for one upstream */
+    for (int i = 0; i < 10; i++) {
+        struct mg_conn conn = {.alpn = NULL};
+        struct pair p;
+
+        pair_init(&p, ctx, &conn);
+        client_for(&p, "localhost");
+        (void)mg_tls_resume_prepare(p.c, "localhost", 4711, "localhost",
+                                    ca_pem);
+        assert_int_equal(SSL_set_session(p.c, NULL), 1);
+        pair_run(&p);
+        assert_int_equal(p.c_rc, 1);
+        pair_exchange(&p);
+        assert_false(SSL_session_reused(p.c));
+        (void)SSL_shutdown(p.c);
+        pair_free(&p);
+    }
+    assert_int_equal(mg_tls_resume_sessions(), 8);
+
+    /* another name, another CA file: nothing offered */
+    assert_false(resume_round(ctx, "127.0.0.1", ca_pem, 0, &offered));
+    assert_false(offered);
+    assert_false(resume_round(ctx, "localhost", cert_pem, 0, &offered));
+    assert_false(offered);
+    assert_int_equal(mg_tls_resume_count(), 3);
+
+    /* a flush drops all; the next handshake is a full one */
+    mg_tls_resume_flush();
+    assert_int_equal(mg_tls_resume_count(), 0);
+    assert_int_equal(mg_tls_resume_sessions(), 0);
+    assert_false(resume_round(ctx, "localhost", ca_pem, 0, &offered));
+    assert_false(offered);
+    mg_tls_resume_flush();
+    SSL_CTX_free(ctx);
+}
+
+static void
+test_resume_flush_in_flight(void **state)
+{
+    SSL_CTX *ctx = resume_ctx();
+    struct mg_conn conn = {.alpn = NULL};
+    struct pair p;
+
+    (void)state;
+    /* a handshake begun before a flush (a reload) never caches */
+    pair_init(&p, ctx, &conn);
+    client_for(&p, "localhost");
+    assert_false(
+        mg_tls_resume_prepare(p.c, "localhost", 4711, "localhost", ca_pem));
+    mg_tls_resume_flush();
+    pair_run(&p);
+    assert_int_equal(p.c_rc, 1);
+    pair_exchange(&p);
+    assert_int_equal(mg_tls_resume_count(), 0);
+    pair_free(&p);
+
+    /* nor does a handshake whose certificate did not verify */
+    pair_init(&p, ctx, &conn);
+    client_for(&p, "wrong.example");
+    (void)mg_tls_resume_prepare(p.c, "wrong.example", 4711, "wrong.example",
+                                ca_pem);
+    pair_run(&p);
+    assert_int_equal(p.c_rc, -1);
+    assert_int_equal(mg_tls_resume_count(), 0);
+    pair_free(&p);
+    SSL_CTX_free(ctx);
+}
+
+static void
+test_resume_tls12_and_lifetime(void **state)
+{
+    SSL_CTX *ctx = resume_ctx();
+    struct mg_conn conn = {.alpn = NULL};
+    struct pair p;
+    SSL_SESSION *sess;
+    bool offered;
+
+    (void)state;
+    assert_false(
+        resume_round(ctx, "localhost", ca_pem, TLS1_2_VERSION, &offered));
+    assert_int_equal(mg_tls_resume_count(), 1);
+    /* a TLS 1.2 session stays for the next ones */
+    assert_true(
+        resume_round(ctx, "localhost", ca_pem, TLS1_2_VERSION, &offered));
+    assert_int_equal(mg_tls_resume_count(), 1);
+    assert_int_equal(mg_tls_resume_sessions(), 1);
+    assert_true(
+        resume_round(ctx, "localhost", ca_pem, TLS1_2_VERSION, &offered));
+
+    /* older than an hour: dropped, whatever the server allowed */
+    pair_init(&p, ctx, &conn);
+    client_for(&p, "localhost");
+    assert_true(
+        mg_tls_resume_prepare(p.c, "localhost", 4711, "localhost", ca_pem));
+    sess = SSL_get_session(p.c);
+    assert_non_null(sess);
+    assert_int_equal(SSL_SESSION_set_timeout(sess, 86400), 1);
+    assert_true(SSL_SESSION_set_time(sess, (long)time(NULL) - 3601) != 0);
+    SSL_free(p.s);
+    p.s = NULL;
+    pair_free(&p); /* never handshaken: the session stays resumable */
+    assert_false(
+        resume_round(ctx, "localhost", ca_pem, TLS1_2_VERSION, &offered));
+    assert_false(offered);
+    mg_tls_resume_flush();
+    SSL_CTX_free(ctx);
+}
+
+static void
+test_resume_bounded(void **state)
+{
+    SSL_CTX *ctx = resume_ctx();
+    char host[32];
+    bool offered;
+    int i;
+
+    (void)state;
+    /* 1030 names (all "localhost" to the server: the key is ours) */
+    for (i = 0; i < 1030; i++) {
+        struct mg_conn conn = {.alpn = NULL};
+        struct pair p;
+
+        (void)snprintf(host, sizeof(host), "localhost-%d", i);
+        pair_init(&p, ctx, &conn);
+        client_for(&p, "localhost");
+        assert_false(
+            mg_tls_resume_prepare(p.c, host, 4711, "localhost", ca_pem));
+        pair_run(&p);
+        assert_int_equal(p.c_rc, 1);
+        pair_exchange(&p);
+        (void)SSL_shutdown(p.c);
+        pair_free(&p);
+    }
+    assert_int_equal(mg_tls_resume_count(), 1024);
+    /* the oldest went first */
+    (void)offered;
+    for (i = 0; i < 1030; i++) {
+        SSL *ssl = SSL_new(ctx);
+
+        (void)snprintf(host, sizeof(host), "localhost-%d", i);
+        assert_int_equal(
+            mg_tls_resume_prepare(ssl, host, 4711, "localhost", ca_pem),
+            i >= 6);
+        SSL_free(ssl);
+    }
+    mg_tls_resume_flush();
+    SSL_CTX_free(ctx);
+}
+
 int
 main(void)
 {
@@ -1125,6 +1366,10 @@ main(void)
         cmocka_unit_test(test_tls11_refused),
         cmocka_unit_test(test_tls12_ciphers),
         cmocka_unit_test(test_alpn),
+        cmocka_unit_test(test_resume_tls13),
+        cmocka_unit_test(test_resume_flush_in_flight),
+        cmocka_unit_test(test_resume_tls12_and_lifetime),
+        cmocka_unit_test(test_resume_bounded),
 #define OB(t) cmocka_unit_test_setup_teardown(t, srv_setup, srv_teardown)
         OB(test_outbound_plain),
         OB(test_outbound_implicit),
