@@ -18,7 +18,8 @@
 # BASE=DIR (an install prefix of another build, e.g. main's) adds a second
 # mailgated ("base", 127.0.0.1:2601, its own data folder) that takes its
 # turn next to mailgate's in every configuration (after it in odd runs,
-# before it in even ones): a before/after comparison in one run.
+# before it in even ones), and in the end-of-data latency rounds: a
+# before/after comparison in one run.
 #
 # mailgate runs from the non-sanitized build (./quickstart run builds it
 # into build/ and var/install/) on 127.0.0.1:2600 with its own data folder;
@@ -203,11 +204,13 @@ for r in $(seq "$RUNS"); do
 done
 # end of data -> 250 at c=1: one session each, interleaved rounds
 EOD=$(/usr/bin/python3 "$top/bench/smtp/eod_latency.py" --count "$EOD_COUNT" \
-    --target postfix=2525 --target "gw=$PORT/$ID@bench.localdomain")
-RSS=$(awk '/VmHWM/{print $2}' "/proc/$GW/status")
+    --target postfix=2525 --target "gw=$PORT/$ID@bench.localdomain" \
+    ${BASE:+--target "base=$BASE_PORT/$BID@bench.localdomain"})
+RSS="$(awk '/VmHWM/{print $2}' "/proc/$GW/status") kB"
+[ -z "$BASE" ] || RSS="$RSS (base: $(awk '/VmHWM/{print $2}' "/proc/$BGW/status") kB)"
 [ -z "${RAW_OUT:-}" ] || cp "$RAW" "$RAW_OUT" # every turn's figures
 grep -v '^gwcpu\|^owncpu' "$RAW" | /usr/bin/python3 scripts/med.py
-echo "mailgated peak RSS: ${RSS} kB"
+echo "mailgated peak RSS: $RSS"
 /usr/bin/python3 - "$RAW" <<'PY'
 import statistics, sys
 rows, gwcpu, owncpu = {}, {}, {}
