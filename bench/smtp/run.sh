@@ -71,7 +71,6 @@ if [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ]; then
 elif [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup/cgroup.procs ]; then
     CG_ROOT=/sys/fs/cgroup CG_V=2
 fi
-CG_DIRS=()
 # cg_new NAME: prints the cgroup's folder (empty without cgroups)
 cg_new() {
     [ -n "$CG_ROOT" ] || return 0
