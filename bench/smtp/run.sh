@@ -65,7 +65,7 @@ scripts/setup.sh >/dev/null
 
 # Each server's own CPU: a cgroup per server (cgroup v1 cpuacct, else v2),
 # which counts every process in it, also the children that have exited
-CG_ROOT= CG_V=
+CG_ROOT='' CG_V=''
 if [ -w /sys/fs/cgroup/cpuacct/cgroup.procs ]; then
     CG_ROOT=/sys/fs/cgroup/cpuacct CG_V=1
 elif [ -f /sys/fs/cgroup/cgroup.controllers ] && [ -w /sys/fs/cgroup/cgroup.procs ]; then
