@@ -16,6 +16,8 @@
 # store group (default: empty, the defaults).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$top/bench/lib.sh"
 RUNS=${1:-3}
 N=${2:-1000}
 PREFIX=${PREFIX:-$top/var/install}
@@ -46,11 +48,7 @@ postconf -e setgid_group=postdrop mail_owner=postfix compatibility_level=3.6 \
 scripts/setup.sh >/dev/null
 scripts/servers.sh start dovecot >/dev/null
 
-mkdir -p "$WORK/data"
-chmod 0700 "$WORK/data"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$WORK/data/key.pem" -out "$WORK/data/cert.pem" -days 2 \
-    -subj /CN=localhost >/dev/null 2>&1
+bench_data_dir "$WORK/data"
 cat >"$WORK/mailgate.conf" <<CONF
 data_dir = "$WORK/data";
 email_domain = "bench.localdomain";

@@ -26,6 +26,8 @@
 # machine's load of the moment.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$top/bench/lib.sh"
 RUNS=${1:-3}
 N=${2:-500}
 PREFIX=${PREFIX:-$top/var/install}
@@ -64,11 +66,7 @@ scripts/servers.sh start nginx >/dev/null
 # and $WORK/NAME.conf; its pid in GW_PID
 start_gw() {
     local prefix=$1 name=$2 port=$3 tlsport=$4 data=$WORK/$2-data
-    mkdir -p "$data"
-    chmod 0700 "$data"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$data/key.pem" -out "$data/cert.pem" -days 2 \
-        -subj /CN=localhost >/dev/null 2>&1
+    bench_data_dir "$data"
     cat >"$WORK/$name.conf" <<CONF
 data_dir = "$data";
 module_dir = "$prefix/lib/mailgate";

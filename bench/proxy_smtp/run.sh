@@ -38,6 +38,8 @@
 # Run as root.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$top/bench/lib.sh"
 RUNS=${1:-3}
 N=${2:-500}
 M=${M:-10}
@@ -191,10 +193,7 @@ SINK=$!
 # GW_PID and GW_ID
 start_gw() {
     local prefix=$1 dir=$WORK/$2 port=$3
-    mkdir -p "$dir/data"
-    chmod 0700 "$dir/data"
-    openssl req -x509 "${ec[@]}" -keyout "$dir/data/key.pem" -out "$dir/data/cert.pem" \
-        -days 2 -subj /CN=localhost >/dev/null 2>&1
+    bench_data_dir "$dir/data"
     cat >"$dir/mailgate.conf" <<CONF
 data_dir = "$dir/data";
 email_domain = "bench.localdomain";

@@ -17,6 +17,8 @@
 # bench lock; ports 2600 and 2601.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$top/bench/lib.sh"
 BASE=${1:?usage: ab.sh BASE_PREFIX [TURNS]}
 TURNS=${2:-4}
 PREFIX=${PREFIX:-$top/var/install}
@@ -33,11 +35,7 @@ command -v smtp-source >/dev/null || { echo "no smtp-source (postfix)" >&2; exit
 # prints "PID ID"
 start() {
     local name=$1 prefix=$2 port=$3 store=$4 dir=$WORK/$1 id
-    mkdir -p "$dir/data"
-    chmod 0700 "$dir/data"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$dir/data/key.pem" -out "$dir/data/cert.pem" -days 2 \
-        -subj /CN=localhost >/dev/null 2>&1
+    bench_data_dir "$dir/data"
     cat >"$dir/mailgate.conf" <<CONF
 data_dir = "$dir/data";
 email_domain = "bench.localdomain";

@@ -35,6 +35,8 @@
 # configures the peers).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$top/bench/lib.sh"
 RUNS=${1:-3}
 SIZES=${SIZES:-4096,65536,1048576}
 CONC=${CONC:-1,8,32}
@@ -103,11 +105,7 @@ fi
 # GW_PID and GW_ID
 start_gw() {
     local prefix=$1 name=$2 port=$3 dir=$WORK/$2
-    mkdir -p "$dir/data"
-    chmod 0700 "$dir/data"
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$dir/data/key.pem" -out "$dir/data/cert.pem" -days 2 \
-        -subj /CN=localhost >/dev/null 2>&1
+    bench_data_dir "$dir/data"
     cat >"$dir/mailgate.conf" <<CONF
 data_dir = "$dir/data";
 email_domain = "bench.localdomain";
