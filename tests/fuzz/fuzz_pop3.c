@@ -20,16 +20,6 @@
 #include "pop3.h"
 #include "fuzz_replay.h"
 
-
-#define FUZZ_CHECK(c)                                                        \
-    do {                                                                     \
-        if (!(c)) {                                                          \
-            (void)fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, \
-                          __LINE__, #c);                                     \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
-
 static void
 fuzz_line(const char *line, size_t len)
 {

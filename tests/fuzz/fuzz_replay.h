@@ -6,6 +6,19 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+/* An invariant a fuzz target checks: abort (libFuzzer's crash) with where
+ * and what. */
+#define FUZZ_CHECK(c)                                                        \
+    do {                                                                     \
+        if (!(c)) {                                                          \
+            (void)fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, \
+                          __LINE__, #c);                                     \
+            abort();                                                         \
+        }                                                                    \
+    } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -64,15 +64,6 @@ struct ev_loop *mg_loop;
 #define FS_ROUNDS    64 /* settle rounds at most (a round: loop + barriers) */
 #define FS_REPLY_MAX 512
 
-#define FUZZ_CHECK(c)                                                        \
-    do {                                                                     \
-        if (!(c)) {                                                          \
-            (void)fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, \
-                          __LINE__, #c);                                     \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
-
 static char fs_dir[256];
 static struct mg_generation *fs_gen;
 static struct mg_listener *fs_smtp, *fs_pop3;

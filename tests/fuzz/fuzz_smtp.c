@@ -19,16 +19,6 @@
 #include "smtp.h"
 #include "fuzz_replay.h"
 
-
-#define FUZZ_CHECK(c)                                                        \
-    do {                                                                     \
-        if (!(c)) {                                                          \
-            (void)fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, \
-                          __LINE__, #c);                                     \
-            abort();                                                         \
-        }                                                                    \
-    } while (0)
-
 static void
 fuzz_check_error(const struct smtp_error *err)
 {

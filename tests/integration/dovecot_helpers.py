@@ -261,18 +261,20 @@ def dovecot(test_ca):
         d.stop()
 
 
-class FakeUpstream:
-    """A POP3 server that offers STLS and answers it with `stls_reply`
-    (e.g. "+OK go\\r\\n+OK injected\\r\\n"), then closes."""
+class OneShotServer:
+    """A test server in a thread: it takes one connection on (addr, port)
+    (port 0: a free one) and runs self.session(conn) on it; the peer going
+    away ends it quietly. Subclasses set their own fields first, then call
+    this __init__, which starts the thread."""
 
-    def __init__(self, stls_reply):
+    def __init__(self, addr="127.0.0.1", port=0, timeout=SOCK_TIMEOUT_S):
+        self.timeout = timeout
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((addr, port))
         self.sock.listen(4)
-        self.sock.settimeout(SOCK_TIMEOUT_S)
+        self.sock.settimeout(timeout)
         self.port = self.sock.getsockname()[1]
-        self.stls_reply = stls_reply
-        self.received = []
         self.thread = threading.Thread(target=self.serve, daemon=True)
         self.thread.start()
 
@@ -281,26 +283,39 @@ class FakeUpstream:
             c, _ = self.sock.accept()
         except OSError:
             return
-        c.settimeout(SOCK_TIMEOUT_S)
-        f = c.makefile("rb")
+        c.settimeout(self.timeout)
         try:
-            c.sendall(b"+OK fake ready\r\n")
-            for line in f:
-                self.received.append(line)
-                cmd = line.strip().upper()
-                if cmd == b"CAPA":
-                    c.sendall(b"+OK\r\nUSER\r\nSTLS\r\nUIDL\r\n.\r\n")
-                elif cmd == b"STLS":
-                    c.sendall(self.stls_reply)
-                    time.sleep(1)
-                    break
-                else:
-                    c.sendall(b"-ERR no\r\n")
-        except OSError:
+            self.session(c)
+        except OSError:  # ssl.SSLError included
             pass
         finally:
             c.close()
 
     def close(self):
         self.sock.close()
-        self.thread.join(SOCK_TIMEOUT_S)
+        self.thread.join(self.timeout)
+
+
+class FakeUpstream(OneShotServer):
+    """A POP3 server that offers STLS and answers it with `stls_reply`
+    (e.g. "+OK go\\r\\n+OK injected\\r\\n"), then closes."""
+
+    def __init__(self, stls_reply):
+        self.stls_reply = stls_reply
+        self.received = []
+        super().__init__()
+
+    def session(self, c):
+        f = c.makefile("rb")
+        c.sendall(b"+OK fake ready\r\n")
+        for line in f:
+            self.received.append(line)
+            cmd = line.strip().upper()
+            if cmd == b"CAPA":
+                c.sendall(b"+OK\r\nUSER\r\nSTLS\r\nUIDL\r\n.\r\n")
+            elif cmd == b"STLS":
+                c.sendall(self.stls_reply)
+                time.sleep(1)
+                break
+            else:
+                c.sendall(b"-ERR no\r\n")

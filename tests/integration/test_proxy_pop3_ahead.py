@@ -11,11 +11,11 @@ import os
 import poplib
 import socket
 import ssl
-import threading
 
 import pytest
 
 from conftest import failsync_env
+from dovecot_helpers import OneShotServer
 from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_pop3_helpers import (crlf, login_name, mailbox_create, proxy_login,
                                 recorded, retr, sample_messages,
@@ -159,7 +159,7 @@ def test_lines_of_any_length(gateway, dovecot, certs, monkeypatch, ahead):
                r"%d recorded ahead" % (2 if ahead else 0))
 
 
-class TlsUpstream:
+class TlsUpstream(OneShotServer):
     """A POP3 upstream with STLS (the test CA's certificate) that holds
     two messages and breaks off in the middle of RETR 2 -- or, with hold,
     stops in the middle of it until the next command has come (a client
@@ -171,27 +171,8 @@ class TlsUpstream:
         self.ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self.ctx.load_cert_chain(test_ca["cert"], test_ca["key"])
         self.msg1 = crlf(msg1)
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.sock.settimeout(15)
-        self.port = self.sock.getsockname()[1]
         self.commands = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
-
-    def serve(self):
-        try:
-            c, _ = self.sock.accept()
-        except OSError:
-            return
-        c.settimeout(15)
-        try:
-            self.session(c)
-        except (OSError, ssl.SSLError):
-            pass
-        finally:
-            c.close()
+        super().__init__(timeout=15)
 
     def session(self, c):
         c.sendall(b"+OK fake ready\r\n")
@@ -234,10 +215,6 @@ class TlsUpstream:
                 return
             else:
                 c.sendall(b"-ERR not here\r\n")
-
-    def close(self):
-        self.sock.close()
-        self.thread.join(15)
 
 
 @pytest.mark.watchdog(60)

@@ -8,7 +8,6 @@ as root (binding 995); a port already taken is a failure, never a skip."""
 import errno
 import socket
 import ssl
-import threading
 
 import pytest
 
@@ -16,7 +15,7 @@ from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_pop3_helpers import (DOVECOT_USER, crlf, dovecot_tls_logins,
                                 mailbox_create, proxy_login, recorded, retr,
                                 sample_messages, strip_received)
-from dovecot_helpers import ca_server_cert
+from dovecot_helpers import OneShotServer, ca_server_cert
 
 ADDR = "127.0.0.2"
 
@@ -113,7 +112,7 @@ def test_995_needs_allow_targets(gateway, upstream995, certs):
     assert dovecot_tls_logins(dv) == []
 
 
-class Tls12GreetingUpstream:
+class Tls12GreetingUpstream(OneShotServer):
     """A minimal implicit-TLS POP3 upstream on 127.0.0.2:995 that speaks
     TLS 1.2 and sends its greeting in the same TCP segment as its last
     handshake flight (TCP_CORK around both): a client that reads ahead
@@ -124,27 +123,17 @@ class Tls12GreetingUpstream:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.maximum_version = ssl.TLSVersion.TLSv1_2
         self.ctx.load_cert_chain(cert, key)
-        self.srv = socket.socket()
-        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.srv.bind((ADDR, 995))
-        self.srv.listen(4)
         self.seen = []
-        self.thread = threading.Thread(target=self.serve, daemon=True)
-        self.thread.start()
+        super().__init__(ADDR, 995)
 
-    def serve(self):
-        try:
-            raw, _ = self.srv.accept()
-        except OSError:
-            return
+    def session(self, raw):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         with self.ctx.wrap_socket(raw, server_side=True,
                                   do_handshake_on_connect=False) as s:
             s.do_handshake()
             s.sendall(b"+OK fake ready\r\n")
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-            f = s.makefile("rb")
-            for line in f:
+            for line in s.makefile("rb"):
                 cmd = line.split(b" ", 1)[0].strip().upper()
                 self.seen.append(cmd)
                 if cmd == b"CAPA":
@@ -158,10 +147,6 @@ class Tls12GreetingUpstream:
                     return
                 else:
                     s.sendall(b"+OK\r\n")
-
-    def close(self):
-        self.srv.close()
-        self.thread.join(5)
 
 
 def test_greeting_read_ahead_with_the_handshake(gateway, test_ca, tmp_path,

@@ -35,6 +35,14 @@ def established_since(d, start):
     return d.log()[start:].count("TLS established")
 
 
+def reload(d):
+    """SIGHUP, wait until the new generation runs; the log's length then."""
+    start = len(d.log())
+    d.signal(signal.SIGHUP)
+    d.wait_log(r"reload: configuration generation \d+ running", start=start)
+    return len(d.log())
+
+
 def test_second_session_resumes(gateway, upstream, certs):
     up = upstream()
     d = gateway()
@@ -106,10 +114,7 @@ def test_reload_that_changes_ca_file_does_not_resume(gateway, upstream, certs,
         text = f.read()
     assert test_ca["ca"] in text
     d.write_config(text=text.replace(test_ca["ca"], other_ca))
-    log2 = len(d.log())
-    d.signal(signal.SIGHUP)
-    d.wait_log(r"reload: configuration generation \d+ running", start=log2)
-    log3 = len(d.log())
+    log3 = reload(d)
     send_one(d, certs, name, "after-reload")
     assert established_since(d, log3) >= 1
     assert resumed_since(d, log3) == 0
@@ -123,10 +128,7 @@ def test_reload_with_same_ca_path_drops_sessions(gateway, upstream, certs):
     mb = mailbox_create(d)
     name = login_name(up.port, mb)
     send_one(d, certs, name, "before")
-    log1 = len(d.log())
-    d.signal(signal.SIGHUP)
-    d.wait_log(r"reload: configuration generation \d+ running", start=log1)
-    log2 = len(d.log())
+    log2 = reload(d)
     send_one(d, certs, name, "after")
     assert established_since(d, log2) >= 1
     assert resumed_since(d, log2) == 0
