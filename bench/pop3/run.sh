@@ -32,6 +32,7 @@ SMTP_PORT=2600
 POP3_PORT=2610
 POP3S_PORT=2611
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
+bench_require_fresh "$PREFIX"
 [ -f "$PREFIX/lib/mailgate/pop3.so" ] || { echo "no pop3 module in $PREFIX" >&2; exit 1; }
 [ -d "$PEERS" ] || { echo "no peer harness at $PEERS" >&2; exit 1; }
 

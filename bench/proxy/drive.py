@@ -19,6 +19,10 @@ target named *-relay is a diagnostic: a first, untimed pass (RETR
 without DELE) records every message, so the timed pass relays messages
 that are all already stored (the relay's own cost, with no recording).
 
+Targets NAME=PORT:MODE:peer are relays that are not mailgate (run.sh's
+nginx stream relays, the bound of any relay that must speak TLS to
+Dovecot): the client logs in as the harness's own user through them.
+
 With --store-bench, every run also times the store alone (mg-store-bench
 store mode, one writer, N messages, each waiting for its durable commit):
 the ceiling of recording at one session, target store-c1.
@@ -82,7 +86,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--peers", required=True, help="copy of the peer harness")
     ap.add_argument("--targets", required=True,
-                    help="harness targets and NAME=PORT[:tls] for mailgate")
+                    help="harness targets, NAME=PORT[:tls] for mailgate, "
+                    "NAME=PORT:MODE:peer for another relay")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--size", type=int, default=65536)
@@ -107,9 +112,12 @@ def main():
     targets = []
     for t in a.targets.split(","):
         if "=" in t:
+            # NAME=PORT[:MODE][:peer]: a mailgate, or with ":peer" another
+            # relay that logs in as the harness's user (the stream relays)
             name, spec = t.split("=", 1)
-            port, _, mode = spec.partition(":")
-            targets.append((name, int(port), mode or "plain", True))
+            port, *rest = spec.split(":")
+            mode = rest[0] if rest and rest[0] else "plain"
+            targets.append((name, int(port), mode, "peer" not in rest[1:]))
         else:
             targets.append((t, *h.TARGETS[t], False))
     bench = os.path.join(a.peers, "bin", "pop3bench")

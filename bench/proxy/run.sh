@@ -18,6 +18,15 @@
 # 995 is implicit TLS), verified for the name "localhost" (the harness's
 # certificate has no IP address in it). Run as root.
 #
+# Two more relays bound what any proxy can reach here: nginx's stream
+# module (TCP relay, parses and records nothing, TCP_NODELAY on) from
+# 127.0.0.1:2628 to Dovecot's plaintext 1110 (stream-plain: the stream
+# relay against the mail proxy nginx-nd), and from 2629 over verified
+# TLS to Dovecot's implicit-TLS 1995 (stream-tls: the fastest relay that
+# speaks TLS to Dovecot as the issue asks of the proxy; Dovecot's TLS
+# passes through its login process). Debian's libnginx-mod-stream is
+# installed when missing. STREAM=0 leaves them out.
+#
 # BASE=DIR (the install prefix of another build, e.g. the branch point's)
 # starts a second mailgate from it on 127.0.0.1:2622 (plain) and 2623
 # (TLS) with its own data folder, and adds its targets base-proxy,
@@ -40,6 +49,7 @@ POP3_PORT=2620
 POP3S_PORT=2621
 UPSTREAM=localhost:1110
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
+bench_require_fresh "$PREFIX"
 [ -f "$PREFIX/lib/mailgate/proxy.so" ] || { echo "no proxy module in $PREFIX" >&2; exit 1; }
 [ -d "$PEERS" ] || { echo "no peer harness at $PEERS" >&2; exit 1; }
 
@@ -56,11 +66,40 @@ postconf -e setgid_group=postdrop mail_owner=postfix compatibility_level=3.6 \
 scripts/setup.sh >/dev/null
 STATE=${STATE:-${TMPDIR:-/var/tmp}/mailgate-bench}
 CA=$STATE/tls/ec.crt
-trap 'kill $GW $BGW 2>/dev/null; scripts/servers.sh stop dovecot >/dev/null 2>&1;
+trap 'kill $GW $BGW $STREAM_PID 2>/dev/null; scripts/servers.sh stop dovecot >/dev/null 2>&1;
       scripts/servers.sh stop nginx >/dev/null 2>&1; rm -rf "$WORK"' EXIT
-GW= BGW=
+GW= BGW= STREAM_PID=
 scripts/servers.sh start dovecot >/dev/null
 scripts/servers.sh start nginx >/dev/null
+
+# the stream relays (STREAM=0: none)
+STREAM=${STREAM:-1}
+STREAM_PID=
+STREAM_TARGETS=
+if [ "$STREAM" = 1 ]; then
+    mod=/usr/lib/nginx/modules/ngx_stream_module.so
+    [ -f "$mod" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnginx-mod-stream >/dev/null
+    mkdir -p "$WORK/stream"
+    cat >"$WORK/stream/nginx.conf" <<NGX
+load_module $mod;
+worker_processes auto;
+pid $WORK/stream/nginx.pid;
+error_log $WORK/stream/error.log warn;
+events { worker_connections 1024; }
+stream {
+  tcp_nodelay on;
+  server { listen 127.0.0.1:2628; proxy_pass 127.0.0.1:1110; }
+  server {
+    listen 127.0.0.1:2629; proxy_pass 127.0.0.1:1995;
+    proxy_ssl on; proxy_ssl_verify on; proxy_ssl_name localhost;
+    proxy_ssl_trusted_certificate $CA; proxy_ssl_session_reuse on;
+  }
+}
+NGX
+    nginx -c "$WORK/stream/nginx.conf" -p "$WORK/stream" </dev/null
+    STREAM_PID=$(cat "$WORK/stream/nginx.pid")
+    STREAM_TARGETS=",stream-plain=2628:plain:peer,stream-tls=2629:plain:peer"
+fi
 
 # start_gw PREFIX NAME PORT TLSPORT: a mailgate with its own data folder
 # and $WORK/NAME.conf; its pid in GW_PID
@@ -101,9 +140,9 @@ RAW=$WORK/proxy.raw
 STORE_BENCH=${STORE_BENCH:-$top/build/bench/store/mg-store-bench}
 [ -x "$STORE_BENCH" ] || STORE_BENCH=
 if [ -n "$BGW" ]; then
-    TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,base-proxy=2622,proxy-tls=$POP3S_PORT:tls,base-proxy-tls=2623:tls,proxy-relay=$POP3_PORT,base-proxy-relay=2622}
+    TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,base-proxy=2622,proxy-tls=$POP3S_PORT:tls,base-proxy-tls=2623:tls,proxy-relay=$POP3_PORT,base-proxy-relay=2622$STREAM_TARGETS}
 fi
-TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,proxy-tls=$POP3S_PORT:tls,proxy-relay=$POP3_PORT}
+TARGETS=${TARGETS:-dovecot-tls,nginx-nd,nginx-nd-tls,proxy=$POP3_PORT,proxy-tls=$POP3S_PORT:tls,proxy-relay=$POP3_PORT$STREAM_TARGETS}
 # PERF=FILE: a CPU profile of mailgated over the whole drive (perf record -g)
 if [ -n "${PERF:-}" ]; then
     perf record -g -o "$PERF" -p "$GW" >/dev/null 2>&1 &
@@ -161,6 +200,10 @@ ratio("proxy-tls", "nginx-nd-tls", 0.9)
 ratio("proxy-tls", "dovecot-tls", 0.8)
 ratio("proxy", "dovecot-tls", 0.8)
 print("diagnostics:")
+ratio("stream-plain", "nginx-nd")
+ratio("stream-tls", "nginx-nd")
+ratio("proxy", "stream-tls")
+ratio("proxy-relay", "stream-tls")
 ratio("proxy-relay", "nginx-nd")
 ratio("base-proxy", "nginx-nd")
 ratio("base-proxy-tls", "dovecot-tls")

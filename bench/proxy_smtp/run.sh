@@ -53,6 +53,7 @@ BASE=${BASE:-}
 BASE_PORT=2643
 [ -z "$BASE" ] || [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
+bench_require_fresh "$PREFIX"
 [ -f "$PREFIX/lib/mailgate/proxy.so" ] || { echo "no proxy module in $PREFIX" >&2; exit 1; }
 for p in $UP_PORT $GW_PORT $SINK_PORT $BASE_PORT; do
     if ss -ltn | grep -q "127.0.0.1:$p "; then

@@ -22,6 +22,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 BASE=${1:?usage: ab.sh BASE_PREFIX [TURNS]}
 TURNS=${2:-4}
 PREFIX=${PREFIX:-$top/var/install}
+bench_require_fresh "$PREFIX"
 SIZE=${SIZE:-1048576}
 COUNT=${COUNT:-400}
 CONC=${CONC:-8}

@@ -50,6 +50,7 @@ POSTFIX=${POSTFIX:-1}
 PAUSE=${PAUSE:-0}
 BASE_PORT=2601
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
+bench_require_fresh "$PREFIX"
 [ -z "$BASE" ] || [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
 [ -d "$PEERS" ] || { echo "no peer harness at $PEERS" >&2; exit 1; }
 
