@@ -7,9 +7,13 @@ Per run, per size and concurrency, the targets take turns (their order
 alternates between runs): `direct` (smtpload to Postfix: STARTTLS, AUTH,
 N messages), `proxy` (the same through mailgate, which relays to that
 Postfix and records every message), `base` (the same through a second
-mailgated, another build: a before/after comparison in one run) and `sink`
+mailgated, another build: a before/after comparison in one run), `sink`
 (smtpload to smtp-sink, plain SMTP without AUTH: the generator's and
-protocol loop's ceiling). Each mailgated's CPU (utime+stime of all its
+protocol loop's ceiling) and `stream` (nginx's stream module relaying the
+generator's plain SMTP with AUTH over verified TLS to the same Postfix's
+implicit-TLS port: a relay that parses and records nothing and spares
+the generator its TLS, the bound of what any relay to that Postfix can
+reach here). Each mailgated's CPU (utime+stime of all its
 threads, /proc/PID/stat) is read around its own turns.
 
 Raw lines (key=value) go to --out; the summary (medians, ratios, CPU per
@@ -71,6 +75,7 @@ def main():
     ap.add_argument("--direct", type=int, required=True)
     ap.add_argument("--proxy", type=int, required=True)
     ap.add_argument("--sink", type=int)
+    ap.add_argument("--stream", type=int, help="the nginx stream relay's port")
     ap.add_argument("--user", required=True)
     ap.add_argument("--password", required=True)
     ap.add_argument("--proxy-user", required=True)
@@ -79,8 +84,8 @@ def main():
     ap.add_argument("--base-user")
     ap.add_argument("--base-pid", type=int)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--targets", default="direct,proxy,base,sink",
-                    help="a subset of direct,proxy,base,sink")
+    ap.add_argument("--targets", default="direct,proxy,base,sink,stream",
+                    help="a subset of direct,proxy,base,sink,stream")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")]
     concs = [int(x) for x in a.conc.split(",")]
@@ -90,6 +95,8 @@ def main():
         targets["base"] = (a.base, a.base_user, True, a.base_pid)
     if a.sink:
         targets["sink"] = (a.sink, None, False, None)
+    if a.stream:
+        targets["stream"] = (a.stream, a.user, False, None)
     targets = {t: v for t, v in targets.items() if t in a.targets.split(",")}
 
     # warm-up: TLS, page cache, Postfix's and mailgate's processes
@@ -141,7 +148,7 @@ def summary(rows, sizes, concs, a):
         "gw_csw"))
     for size in sizes:
         for conc in concs:
-            for t in ("direct", "proxy", "base", "sink"):
+            for t in ("direct", "proxy", "base", "sink", "stream"):
                 m, v = med(t, size, conc, "msgs/s")
                 if m is None:
                     continue
@@ -170,11 +177,16 @@ def summary(rows, sizes, concs, a):
                       % (size, conc, r, " ".join("%.2f" % x for x in rs),
                          "" if r >= 0.9 else " MISSED", g, budget,
                          "" if g <= budget else " MISSED"))
-    if any(r[1] == "base" for r in rows):
-        print("proxy / base, median of the per-run ratios [each run]:")
+    for num, den, what in (
+            ("proxy", "base", ""),
+            ("stream", "direct", " (a relay that records nothing)"),
+            ("proxy", "stream", "")):
+        if not any(r[1] == num for r in rows) or not any(r[1] == den for r in rows):
+            continue
+        print("%s / %s, median of the per-run ratios [each run]%s:" % (num, den, what))
         for size in sizes:
             for conc in concs:
-                rs = ratios(rows, "proxy", "base", size, conc)
+                rs = ratios(rows, num, den, size, conc)
                 if rs:
                     print("  %6d B c=%d: %4.2fx [%s]" % (
                         size, conc, statistics.median(rs),

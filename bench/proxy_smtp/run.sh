@@ -27,8 +27,15 @@
 # verified for "localhost"). Its CPU per configuration is read from
 # /proc/PID/stat (utime+stime), as the machine's is shared.
 #
+# A fifth target, stream, bounds what any relay can reach: nginx's stream
+# module (Debian's libnginx-mod-stream, installed when missing) on
+# 127.0.0.1:$STREAM_PORT relays the generator's plain SMTP and AUTH over
+# verified TLS to the same Postfix's implicit-TLS port $UP_TLS_PORT. It
+# parses and records nothing and the generator saves its own TLS there,
+# so a proxy doing its job is below it. STREAM=0 leaves it out.
+#
 # SIZES=4096 CONC=1 TARGETS=proxy narrow the grid (default: 4096,65536 /
-# 1,8 / direct,proxy,sink). BASE=DIR (the install prefix of another build,
+# 1,8 / direct,proxy,sink,stream). BASE=DIR (the install prefix of another build,
 # e.g. the branch point's) adds a second mailgated ("base", 127.0.0.1:2643,
 # its own data folder and mailbox) as a fourth target taking its turn in
 # every configuration: a before/after comparison in one run. PERF=FILE
@@ -51,11 +58,14 @@ GW_PORT=2641
 SINK_PORT=2642
 BASE=${BASE:-}
 BASE_PORT=2643
+STREAM_PORT=2644
+UP_TLS_PORT=2645
+STREAM=${STREAM:-1}
 [ -z "$BASE" ] || [ -x "$BASE/sbin/mailgated" ] || { echo "no $BASE/sbin/mailgated" >&2; exit 1; }
 [ -x "$PREFIX/sbin/mailgated" ] || { echo "no $PREFIX/sbin/mailgated: run ./quickstart run first" >&2; exit 1; }
 bench_require_fresh "$PREFIX"
 [ -f "$PREFIX/lib/mailgate/proxy.so" ] || { echo "no proxy module in $PREFIX" >&2; exit 1; }
-for p in $UP_PORT $GW_PORT $SINK_PORT $BASE_PORT; do
+for p in $UP_PORT $GW_PORT $SINK_PORT $BASE_PORT $STREAM_PORT $UP_TLS_PORT; do
     if ss -ltn | grep -q "127.0.0.1:$p "; then
         echo "port $p is in use" >&2
         exit 1
@@ -64,8 +74,9 @@ done
 
 WORK=$(mktemp -d /var/tmp/mailgate-smtpproxy-bench.XXXXXX)
 chmod 0755 "$WORK" # Postfix's and Dovecot's daemons drop privileges
-GW= BGW= SINK= DOVECOT=
+GW= BGW= SINK= DOVECOT= NGINX=
 cleanup() {
+    [ -z "$NGINX" ] || kill "$NGINX" 2>/dev/null || true
     [ -z "$GW" ] || kill "$GW" 2>/dev/null || true
     [ -z "$BGW" ] || kill "$BGW" 2>/dev/null || true
     [ -z "$SINK" ] || kill "$SINK" 2>/dev/null || true
@@ -166,6 +177,7 @@ biff = no
 EOF
 cat >"$P/conf/master.cf" <<EOF
 127.0.0.1:$UP_PORT inet n - n - - smtpd
+127.0.0.1:$UP_TLS_PORT inet n - n - - smtpd -o smtpd_tls_wrappermode=yes
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
@@ -188,6 +200,30 @@ postfix -c "$P/conf" start >/dev/null 2>&1 || { cat "$P/maillog" 2>/dev/null; ex
 
 smtp-sink -u nobody -c "127.0.0.1:$SINK_PORT" 256 >/dev/null &
 SINK=$!
+
+# the stream relay: plain on STREAM_PORT, verified TLS to UP_TLS_PORT
+if [ "$STREAM" = 1 ]; then
+    mod=/usr/lib/nginx/modules/ngx_stream_module.so
+    [ -f "$mod" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnginx-mod-stream >/dev/null
+    mkdir -p "$WORK/stream"
+    cat >"$WORK/stream/nginx.conf" <<NGX
+load_module $mod;
+worker_processes auto;
+pid $WORK/stream/nginx.pid;
+error_log $WORK/stream/error.log warn;
+events { worker_connections 1024; }
+stream {
+  tcp_nodelay on;
+  server {
+    listen 127.0.0.1:$STREAM_PORT; proxy_pass 127.0.0.1:$UP_TLS_PORT;
+    proxy_ssl on; proxy_ssl_verify on; proxy_ssl_name localhost;
+    proxy_ssl_trusted_certificate $T/ca.pem; proxy_ssl_session_reuse on;
+  }
+}
+NGX
+    nginx -c "$WORK/stream/nginx.conf" -p "$WORK/stream" </dev/null
+    NGINX=$(cat "$WORK/stream/nginx.pid")
+fi
 
 # mailgate: smtp (STARTTLS) and the proxy module trusting the CA made here
 # start_gw PREFIX NAME PORT: a mailgated with its own data folder; sets
@@ -214,7 +250,7 @@ CONF
 }
 start_gw "$PREFIX" gw "$GW_PORT"
 GW=$GW_PID ID=$GW_ID
-PORTS="$UP_PORT $GW_PORT $SINK_PORT"
+PORTS="$UP_PORT $GW_PORT $SINK_PORT $UP_TLS_PORT${NGINX:+ $STREAM_PORT}"
 if [ -n "$BASE" ]; then
     start_gw "$BASE" base "$BASE_PORT"
     BGW=$GW_PID BID=$GW_ID
@@ -241,6 +277,7 @@ RAW=${RAW:-$WORK/proxy_smtp.raw}
 /usr/bin/python3 "$top/bench/proxy_smtp/drive.py" --load "$WORK/smtpload" \
     --runs "$RUNS" --n "$N" --m "$M" --sizes "$SIZES" --conc "$CONC" \
     --direct "$UP_PORT" --proxy "$GW_PORT" --sink "$SINK_PORT" \
+    ${NGINX:+--stream "$STREAM_PORT"} \
     --user benchuser --password benchpass \
     --proxy-user "benchuser%localhost:$UP_PORT%$ID" \
     --gw-pid "$GW" --out "$RAW" ${TARGETS:+--targets "$TARGETS"} \
