@@ -48,10 +48,24 @@ tests_fuzz_fuzz_proxy_target_SOURCES = tests/fuzz/fuzz_proxy_target.c \
 tests_fuzz_fuzz_proxy_target_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
 EXTRA_DIST += tests/fuzz/run-corpus-proxy.sh
 
+# the SMTP half's reply parser and dot-stuffing, against a model
+check_PROGRAMS += tests/fuzz/fuzz_proxy_smtp
+TESTS += tests/fuzz/run-corpus-proxy-smtp.sh
+tests_fuzz_fuzz_proxy_smtp_SOURCES = tests/fuzz/fuzz_proxy_smtp.c \
+	tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_replay.h \
+	modules/proxy/proxy_smtp_reply.c
+tests_fuzz_fuzz_proxy_smtp_CPPFLAGS = $(modules_proxy_proxy_la_CPPFLAGS)
+EXTRA_DIST += tests/fuzz/run-corpus-proxy-smtp.sh
+
 fuzz-proxy:
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -DMG_LIBFUZZER \
 	  $(modules_proxy_proxy_la_CPPFLAGS) -I$(top_builddir) \
 	  $(top_srcdir)/tests/fuzz/fuzz_proxy_target.c \
 	  $(top_srcdir)/modules/proxy/proxy_target.c \
 	  -o tests/fuzz/fuzz_proxy_target_libfuzzer
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -DMG_LIBFUZZER \
+	  $(modules_proxy_proxy_la_CPPFLAGS) -I$(top_builddir) \
+	  $(top_srcdir)/tests/fuzz/fuzz_proxy_smtp.c \
+	  $(top_srcdir)/modules/proxy/proxy_smtp_reply.c \
+	  -o tests/fuzz/fuzz_proxy_smtp_libfuzzer
 .PHONY: fuzz-proxy
