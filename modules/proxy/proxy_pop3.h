@@ -48,6 +48,15 @@ void proxy_out_flush(struct proxy_session *s);
 /** A status line for the client, written at once. */
 void proxy_out_reply(struct proxy_session *s, const char *fmt, ...)
     MG_PRINTF(2, 3);
+/** The upstream's queue of commands awaiting replies (s->upq): a command
+ * went upstream for `who` (a slot of s->pf or PROXY_UPQ_CLIENT); who the
+ * next reply is for (-1: none); that reply is complete; how many of the
+ * awaited ones are read ahead. More than one is awaited only at an
+ * upstream that announced PIPELINING. */
+void proxy_upq_push(struct proxy_session *s, uint8_t who);
+int proxy_upq_head(const struct proxy_session *s);
+void proxy_upq_pop(struct proxy_session *s);
+unsigned proxy_upq_ahead(const struct proxy_session *s);
 
 /* ------------------------------------------------ proxy_pop3_relay.c */
 

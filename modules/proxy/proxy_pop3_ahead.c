@@ -7,13 +7,17 @@
  * session, not yet recorded and within the limit), keeps it in memory and
  * records it at once, so its commit runs while the client is still busy
  * with n. The client's RETR n + 1 is then answered from memory, its "."
- * once that copy is durable. A client command waits until the upstream
- * has sent all of the message being read ahead, except a DELE of a
- * message whose copy is durable: it is sent behind that RETR at once
- * (POP3 answers in order), and reading further ahead waits for its
- * answer. A message read ahead that the client
- * never asks for stays recorded: it is in the user's mailbox at the
- * upstream, and archiving it early loses nothing.
+ * once that copy is durable. At an upstream that announced PIPELINING
+ * the RETR of the next message goes as soon as the upstream has begun
+ * to answer the one before (at most PROXY_PIPE awaited), so that the
+ * upstream never idles for a proxy round trip; elsewhere one command at
+ * a time. The upstream's replies come in the order of s->upq. A client
+ * command waits until the upstream has sent all of the messages being
+ * read ahead, except a DELE of a message whose copy is durable at a
+ * PIPELINING upstream: it is sent behind them at once (POP3 answers in
+ * order), and the next RETR read ahead may follow it. A message read
+ * ahead that the client never asks for stays recorded: it is in the
+ * user's mailbox at the upstream, and archiving it early loses nothing.
  *
  * The relay (proxy_pop3_relay.c) calls in here between the client's
  * commands; up to PROXY_AHEAD messages are held (s->pf).
@@ -28,15 +32,14 @@
 
 #include "proxy_pop3.h"
 
-/* The slot whose message the upstream is sending, or NULL. */
+/* The slot whose message the upstream is sending (or sends next), or
+ * NULL when the upstream's next reply is not for one. */
 struct proxy_prefetch *
 proxy_pf_reading(struct proxy_session *s)
 {
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state == PF_READING)
-            return &s->pf[i];
-    }
-    return NULL;
+    int head = proxy_upq_head(s);
+
+    return head >= 0 && head != PROXY_UPQ_CLIENT ? &s->pf[head] : NULL;
 }
 
 /* The message n read ahead completely, or NULL. */
@@ -87,16 +90,29 @@ pf_cap_max(const struct proxy_session *s)
            PROXY_DATA_LINE + 3;
 }
 
-/* Read ahead from message n on, if the upstream is idle, a slot is free
- * and n qualifies (else n + 1 … while they are merely recorded already). */
+/* A RETR read ahead may go upstream now: the upstream is idle, or it
+ * announced PIPELINING and fewer than PROXY_PIPE are awaited, and the
+ * client's command is none, a RETR (relayed, or from memory waiting for
+ * its commit) or a DELE: nothing that must go upstream after it. */
+static bool
+pf_may_send(const struct proxy_session *s)
+{
+    if (s->cmd != PC_NONE && s->cmd != PC_RETR && s->cmd != PC_DELE)
+        return false;
+    if (s->nupq == 0)
+        return true;
+    return s->caps.pipelining && proxy_upq_ahead(s) < PROXY_PIPE;
+}
+
+/* Read ahead message n, if the upstream may take its RETR now (see
+ * pf_may_send), a slot is free and n qualifies. */
 void
 proxy_pf_start(struct proxy_session *s, uint32_t n)
 {
     struct proxy_prefetch *pf = NULL;
 
     if (s->st->prefetch_max == 0 || s->up == NULL || s->dead || s->closing ||
-        s->up_busy || !s->have_uidls || s->sizes == NULL ||
-        proxy_pf_reading(s) != NULL)
+        !s->have_uidls || s->sizes == NULL || !pf_may_send(s))
         return;
     for (size_t i = 0; i < PROXY_AHEAD; i++) {
         if (s->pf[i].state == PF_IDLE)
@@ -116,6 +132,7 @@ proxy_pf_start(struct proxy_session *s, uint32_t n)
     pf->msgno = n;
     pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
     pf->len = 0;
+    proxy_upq_push(s, (uint8_t)(pf - s->pf));
     proxy_upstream_send(s, "RETR %u", (unsigned)n);
 }
 
@@ -186,21 +203,10 @@ client_waits(struct proxy_session *s)
 void
 proxy_pf_continue(struct proxy_session *s)
 {
-    if (s->pf_last > 0 && s->cmd == PC_NONE && !client_waits(s))
+    if (s->pf_last > 0 && !client_waits(s))
         proxy_pf_start(s, s->pf_last + 1);
 }
 
-/* The upstream has sent all of a message read ahead: the next one. */
-static void
-pf_upstream_idle(struct proxy_session *s, uint32_t n)
-{
-    if (s->up != NULL && !s->up_busy)
-        proxy_conn(s)->set_timeouts(s->up, 0, 0);
-    if (!client_waits(s))
-        proxy_pf_start(s, n + 1);
-}
-
-/* One step of reading ahead; false to stop for now. */
 /* An upstream read for message pf that gave no line: wait for more
  * (MG_AGAIN), or, if the upstream broke the protocol, lose the message
  * and end the session. Always false: the step cannot go on. */
@@ -230,22 +236,23 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
         if (r != MG_OK)
             return pf_read_failed(s, pf, r);
         if (p[0] != '+') { /* the client's own RETR will hear why */
+            proxy_upq_pop(s);
             proxy_pf_drop(s, pf);
-            if (s->up != NULL)
-                proxy_conn(s)->set_timeouts(s->up, 0, 0);
             return true;
         }
         /* the reply as the client gets it, in one piece */
         pf_keep(s, pf, p, len, true);
         pf->in_data = true;
-        return true;
+        /* a PIPELINING upstream gets the next RETR now: it starts on it
+         * once this one is sent, without waiting for the proxy */
+        proxy_pf_continue(s);
+        return !s->dead;
     }
     r = proxy_upstream_piece(s, &p, &len, &eol);
     if (r != MG_OK)
         return pf_read_failed(s, pf, r);
     if (!pf->mid_line && eol && len == 1 && p[0] == '.') {
-        uint32_t n = pf->msgno;
-
+        proxy_upq_pop(s);
         if (pf->unusable) {
             proxy_pf_drop(s, pf);
         } else {
@@ -253,7 +260,7 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
             proxy_record_end(s, &pf->rec); /* proxy_relay_recorded follows */
         }
         if (!s->dead)
-            pf_upstream_idle(s, n);
+            proxy_pf_continue(s);
         return !s->dead;
     }
     stuffed = !pf->mid_line && len > 0 && p[0] == '.';
