@@ -159,6 +159,7 @@ struct proxy_prefetch {
     bool mid_line; /* inside a long line */
     bool unusable; /* -ERR, over the limit or not recorded: dropped */
     bool done;     /* its copy is durable */
+    bool held;     /* complete; its commit waits to go with the next one */
     char *data;    /* the reply as the client gets it: status line, data
                     * lines, the "." added when it is sent */
     size_t len, cap;

@@ -72,6 +72,8 @@ struct proxy_prefetch *proxy_pf_reading(struct proxy_session *s);
 struct proxy_prefetch *proxy_pf_ready(struct proxy_session *s, uint32_t n);
 /** A copy read ahead still being committed (any message when n is 0). */
 bool proxy_pf_committing(struct proxy_session *s, uint32_t n);
+/** Start the commits held back to share one with the next message's. */
+void proxy_pf_commit_held(struct proxy_session *s);
 /** Forget a message read ahead; a copy already committed stays. */
 void proxy_pf_drop(struct proxy_session *s, struct proxy_prefetch *pf);
 /** Read ahead from message n on, if the upstream is idle, a slot is free

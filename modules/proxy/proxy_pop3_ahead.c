@@ -71,7 +71,7 @@ proxy_pf_drop(struct proxy_session *s, struct proxy_prefetch *pf)
 {
     proxy_record_abort(s, &pf->rec);
     pf->state = PF_IDLE;
-    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
+    pf->in_data = pf->mid_line = pf->unusable = pf->done = pf->held = false;
     pf->len = 0;
     if (pf->cap > 4 * PROXY_DATA_LINE) { /* keep only a small buffer */
         free(pf->data);
@@ -130,7 +130,7 @@ proxy_pf_start(struct proxy_session *s, uint32_t n)
     s->pf_last = n;
     pf->state = PF_READING;
     pf->msgno = n;
-    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
+    pf->in_data = pf->mid_line = pf->unusable = pf->done = pf->held = false;
     pf->len = 0;
     proxy_upq_push(s, (uint8_t)(pf - s->pf));
     proxy_upstream_send(s, "RETR %u", (unsigned)n);
@@ -199,6 +199,46 @@ client_waits(struct proxy_session *s)
     return n > 0 && !proxy_relay_next_local(s);
 }
 
+/* Start the commits held back to share one with the next message's. */
+void
+proxy_pf_commit_held(struct proxy_session *s)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && s->pf[i].held) {
+            s->pf[i].held = false;
+            proxy_record_end(s, &s->pf[i].rec); /* proxy_relay_recorded */
+            if (s->dead)
+                return;
+        }
+    }
+}
+
+/* Message pf has come whole: hold its commit back so that it shares one
+ * disk commit (the store's writer takes both at once) with the next
+ * message read ahead, when the client will first ask for another message
+ * in memory (so there is time: the next one comes while the client reads
+ * that one) and the next one may be read ahead. Whatever needs the copy
+ * first (the client's RETR, DELE or QUIT, the upstream's loss or refusal
+ * of the next one) commits it at once. */
+static bool
+pf_hold(struct proxy_session *s, const struct proxy_prefetch *pf)
+{
+    uint32_t next = pf->msgno + 1;
+    bool before = false;
+
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        const struct proxy_prefetch *o = &s->pf[i];
+
+        if (o->state == PF_READY && o->held)
+            return false; /* that one goes now, with this one */
+        if (o != pf && o->state == PF_READY && o->msgno < pf->msgno)
+            before = true;
+    }
+    return before && next <= s->nuidls && s->uidls[next - 1] != NULL &&
+           s->sizes[next - 1] <= s->st->prefetch_max &&
+           (s->gone == NULL || !s->gone[next - 1]);
+}
+
 /* Read further ahead after the last message read ahead, if any. */
 void
 proxy_pf_continue(struct proxy_session *s)
@@ -238,7 +278,8 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
         if (p[0] != '+') { /* the client's own RETR will hear why */
             proxy_upq_pop(s);
             proxy_pf_drop(s, pf);
-            return true;
+            proxy_pf_commit_held(s); /* nothing to share a commit with */
+            return !s->dead;
         }
         /* the reply as the client gets it, in one piece */
         pf_keep(s, pf, p, len, true);
@@ -255,9 +296,16 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
         proxy_upq_pop(s);
         if (pf->unusable) {
             proxy_pf_drop(s, pf);
+            proxy_pf_commit_held(s);
         } else {
             pf->state = PF_READY;
-            proxy_record_end(s, &pf->rec); /* proxy_relay_recorded follows */
+            if (pf_hold(s, pf)) {
+                pf->held = true;
+            } else {
+                proxy_pf_commit_held(s);
+                if (!s->dead) /* proxy_relay_recorded follows */
+                    proxy_record_end(s, &pf->rec);
+            }
         }
         if (!s->dead)
             proxy_pf_continue(s);
@@ -285,6 +333,7 @@ proxy_pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
 {
     struct proxy_rec tmp;
     uint32_t last = pf->msgno;
+    bool held = pf->held;
 
     s->msgno = pf->msgno;
     proxy_out_flush(s);
@@ -307,6 +356,11 @@ proxy_pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
         s->record = true;
         s->in_data = true;
         proxy_pf_drop(s, pf);
+        if (held) { /* its commit was held back: it goes now */
+            proxy_record_end(s, &s->rec); /* proxy_relay_recorded follows */
+            if (s->dead)
+                return;
+        }
     }
     for (size_t i = 0; i < PROXY_AHEAD; i++) {
         if (s->pf[i].state != PF_IDLE && s->pf[i].msgno > last)

@@ -161,6 +161,9 @@ relay_pf_wait(struct proxy_session *s, uint32_t n, char then)
             proxy_pf_drop(s, pf); /* deleted: nobody will RETR it */
         return false;
     }
+    proxy_pf_commit_held(s);
+    if (s->dead)
+        return true;
     s->cmd = PC_PFWAIT;
     s->pf_then = then;
     s->msgno = n;
@@ -567,6 +570,9 @@ proxy_relay_upstream_event(struct proxy_session *s, enum mg_conn_event ev)
                 proxy_pf_lost(s, &s->pf[s->upq[i]]);
         }
         s->nupq = 0;
+        proxy_pf_commit_held(s); /* nothing follows them now */
+        if (s->dead)
+            return;
         if (s->up_busy) { /* the client's command waits for it */
             s->failures++;
             if (!s->in_data)
