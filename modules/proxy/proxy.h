@@ -264,6 +264,9 @@ int proxy_record_begin(struct proxy_session *s, struct proxy_rec *r,
  * proxy_relay_resume(). */
 int proxy_record_piece(struct proxy_session *s, struct proxy_rec *r,
                        const char *data, size_t len, bool eol);
+/** Hand the pieces still buffered to the store (encrypted there), without
+ * committing: a commit held back then starts at once. */
+void proxy_record_settle(struct proxy_session *s, struct proxy_rec *r);
 /** The message is complete: flush, commit, index; proxy_relay_recorded()
  * follows. */
 void proxy_record_end(struct proxy_session *s, struct proxy_rec *r);

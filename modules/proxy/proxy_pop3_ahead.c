@@ -299,6 +299,9 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
             proxy_pf_commit_held(s);
         } else {
             pf->state = PF_READY;
+            /* its last piece encrypted first: a commit held back and
+             * this one's then reach the store's writer together */
+            proxy_record_settle(s, &pf->rec);
             if (pf_hold(s, pf)) {
                 pf->held = true;
             } else {

@@ -1,0 +1,73 @@
+"""What the recording POP3 proxy asks of the kernel, seen with strace
+(test_ack_order's tracer) while a client retrieves and deletes messages
+one at a time over implicit TLS with record-ahead, slowly enough that
+every message is read ahead before it is asked for: copies read ahead
+share disk commits (one fdatasync of data.mdb for two messages), and a
+message of several TLS records goes to the client in one write, not one
+per record."""
+
+import re
+import time
+
+import pytest
+
+from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
+from proxy_pop3_helpers import (crlf, login_name, mailbox_create, proxy_login,
+                                recorded, retr, sample_messages)
+from test_ack_order import Strace
+
+N = 12
+
+
+def _traced_session(gateway, dovecot, certs, tmp_path, size):
+    """Retrieve and delete N messages of `size` bytes through the proxy,
+    one every 0.15 s; the strace events of the gateway meanwhile."""
+    dv = dovecot()
+    msgs = sample_messages(N, size=size, tag="sc")
+    dv.add(msgs)
+    d = gateway(proxy={"prefetch_max_size": 1048576})
+    mb = mailbox_create(d)
+    p = proxy_login(d, certs, login_name(dv.port, mb))
+    tracer = Strace(d.pid, str(tmp_path / "proxy.strace"))
+    try:
+        got = []
+        for i in range(1, N + 1):
+            got.append(retr(p, i))
+            assert p.dele(i).startswith(b"+OK")
+            # time for the next messages to come and be recorded
+            time.sleep(0.15)
+    finally:
+        events = tracer.stop()
+    assert p.quit().startswith(b"+OK")
+    assert got == [crlf(m) for m in msgs]
+    assert len(recorded(d, mb)) == N
+    assert dv.messages_left() == 0
+    return events
+
+
+def _ret(e):
+    m = re.search(r"=\s+(-?\d+)", e["text"])
+    return int(m.group(1)) if m and not e["unfinished"] else None
+
+
+@pytest.mark.watchdog(120)
+def test_copies_read_ahead_share_commits(gateway, dovecot, certs, tmp_path):
+    events = _traced_session(gateway, dovecot, certs, tmp_path, 3000)
+    syncs = [e for e in events if e["name"] == "fdatasync" and _ret(e) == 0]
+    # one commit per message would be N: message 1 (relayed) and 2 (the
+    # first read ahead) go alone, then two at a time
+    assert 0 < len(syncs) <= N // 2 + 2, len(syncs)
+
+
+@pytest.mark.watchdog(120)
+def test_one_write_per_message_over_tls(gateway, dovecot, certs, tmp_path):
+    size = 40000  # three TLS records
+    events = _traced_session(gateway, dovecot, certs, tmp_path, size)
+    # a message read ahead (status, data and dot: about 41 KB) leaves in
+    # one write to the client; without the buffer every write is one
+    # record of at most 16 KiB and change. Nothing else written with
+    # write or sendto is that large (the store writes with pwrite64 and
+    # writev).
+    big = [e for e in events if e["name"] in ("write", "sendto") and
+           (_ret(e) or 0) > size]
+    assert len(big) >= N - 1, len(big)
