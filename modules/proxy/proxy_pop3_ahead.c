@@ -15,9 +15,11 @@
  * command waits until the upstream has sent all of the messages being
  * read ahead, except a DELE of a message whose copy is durable at a
  * PIPELINING upstream: it is sent behind them at once (POP3 answers in
- * order), and the next RETR read ahead may follow it. A message read
- * ahead that the client never asks for stays recorded: it is in the
- * user's mailbox at the upstream, and archiving it early loses nothing.
+ * order), and the next RETR read ahead may follow it. A copy read ahead
+ * may hold its commit back to share one disk commit with the next
+ * (pf_hold). A message read ahead that the client never asks for stays
+ * recorded: it is in the user's mailbox at the upstream, and archiving
+ * it early loses nothing.
  *
  * The relay (proxy_pop3_relay.c) calls in here between the client's
  * commands; up to PROXY_AHEAD messages are held (s->pf).
