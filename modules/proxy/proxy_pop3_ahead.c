@@ -215,6 +215,22 @@ proxy_pf_commit_held(struct proxy_session *s)
     }
 }
 
+/* Commit pf's copy right behind the one held back, if any. */
+static void
+pf_commit_with_held(struct proxy_session *s, struct proxy_prefetch *pf)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && s->pf[i].held)
+            proxy_session_log(s, MG_LOG_DEBUG,
+                              "messages %u and %u read ahead: their commits "
+                              "go together",
+                              (unsigned)s->pf[i].msgno, (unsigned)pf->msgno);
+    }
+    proxy_pf_commit_held(s);
+    if (!s->dead) /* proxy_relay_recorded follows */
+        proxy_record_end(s, &pf->rec);
+}
+
 /* Message pf has come whole: hold its commit back so that it shares one
  * disk commit (the store's writer takes both at once) with the next
  * message read ahead, when the client will first ask for another message
@@ -307,9 +323,7 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
             if (pf_hold(s, pf)) {
                 pf->held = true;
             } else {
-                proxy_pf_commit_held(s);
-                if (!s->dead) /* proxy_relay_recorded follows */
-                    proxy_record_end(s, &pf->rec);
+                pf_commit_with_held(s, pf);
             }
         }
         if (!s->dead)
