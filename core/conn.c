@@ -24,8 +24,10 @@
 #define CONN_IN_MAX      (256 * 1024) /* stop reading past this */
 #define CONN_OUT_HIWAT   (256 * 1024)
 #define CONN_OUT_LOWAT   (64 * 1024)
-#define CONN_FLUSH_MS    5000 /* final flush before a close */
-#define CONN_DEFAULT_MAX 1002 /* command line incl. CRLF (RFC 5321) */
+#define CONN_FLUSH_MS    5000        /* final flush before a close */
+#define CONN_TLS_RECORD  16384       /* TLS plaintext per record at most */
+#define CONN_TLS_WBUF    (80 * 1024) /* records sent together: 64 KiB */
+#define CONN_DEFAULT_MAX 1002        /* command line incl. CRLF (RFC 5321) */
 #define CONN_BUCKETS     4096
 
 enum conn_state {
@@ -67,6 +69,7 @@ struct mg_conn {
     bool counted;    /* accounted in the limits */
     bool ssl_write_wants_read, ssl_read_wants_write;
     bool ssl_buffered; /* reading stopped with bytes inside OpenSSL */
+    BIO *tls_wbuf;     /* TLS records waiting to be sent together */
 
     struct sockaddr_storage real_sa; /* the socket's peer (limits) */
     unsigned char *phdr;             /* PROXY header being read */
@@ -267,11 +270,63 @@ conn_log_ssl_error(struct mg_conn *c, const char *what)
     ERR_clear_error();
 }
 
+/* Output not yet handed to the kernel: queued, and TLS records held in
+ * the write buffer. */
+static size_t
+conn_out_pending(const struct mg_conn *c)
+{
+    return mg_buf_len(&c->out) +
+           (c->tls_wbuf != NULL ? BIO_wpending(c->tls_wbuf) : 0);
+}
+
+/* Output of more than one TLS record (a message being retrieved: a
+ * 64 KiB one is five) goes through a buffer in front of the socket, so
+ * that all its records leave in one send(), not one each. Set up at the
+ * first such write only: connections that never write much (most) keep
+ * no buffer. Handshake messages and alerts are flushed by OpenSSL. */
+static void
+conn_tls_buffer(struct mg_conn *c)
+{
+    BIO *sock = SSL_get_wbio(c->ssl), *buf;
+
+    if (c->tls_wbuf != NULL || sock == NULL ||
+        mg_buf_len(&c->out) <= CONN_TLS_RECORD)
+        return;
+    buf = BIO_new(BIO_f_buffer());
+    if (buf == NULL)
+        return;
+    if (BIO_set_write_buffer_size(buf, CONN_TLS_WBUF) != 1 ||
+        BIO_up_ref(sock) != 1) {
+        BIO_free(buf);
+        return;
+    }
+    BIO_push(buf, sock);
+    SSL_set0_wbio(c->ssl, buf); /* drops the reference it held on sock */
+    c->tls_wbuf = buf;
+}
+
+/* Send the TLS records held in the write buffer. */
+static int
+conn_tls_flush(struct mg_conn *c)
+{
+    if (c->tls_wbuf == NULL || BIO_wpending(c->tls_wbuf) == 0)
+        return MG_OK;
+    ERR_clear_error();
+    if (BIO_flush(c->tls_wbuf) > 0)
+        return MG_OK;
+    if (BIO_should_retry(c->tls_wbuf))
+        return MG_AGAIN;
+    conn_log_ssl_error(c, "TLS write failed");
+    return MG_ERROR;
+}
+
 /* Write queued output. MG_OK: all written; MG_AGAIN: more later;
  * MG_ERROR: the connection is broken. */
 static int
 conn_flush(struct mg_conn *c)
 {
+    if (c->ssl != NULL && c->tls_ready)
+        conn_tls_buffer(c);
     while (mg_buf_len(&c->out) > 0) {
         size_t len = mg_buf_len(&c->out);
         ssize_t n;
@@ -309,7 +364,7 @@ conn_flush(struct mg_conn *c)
         }
         mg_buf_consume(&c->out, (size_t)n);
     }
-    return MG_OK;
+    return conn_tls_flush(c);
 }
 
 /* Read what the socket has into the input buffer. MG_OK: got bytes;
@@ -384,7 +439,7 @@ conn_update_io(struct mg_conn *c)
     } else {
         if (conn_reading(c) || c->ssl_write_wants_read)
             events |= EV_READ;
-        if (mg_buf_len(&c->out) > 0 || c->ssl_read_wants_write)
+        if (conn_out_pending(c) > 0 || c->ssl_read_wants_write)
             events |= EV_WRITE;
     }
     if (events != (c->io.events & (EV_READ | EV_WRITE)) ||
@@ -910,7 +965,7 @@ conn_finish_close(struct mg_conn *c)
     ev_timer_stop(mg_loop, &c->idle);
     ev_timer_stop(mg_loop, &c->total);
     ev_timer_stop(mg_loop, &c->deadline);
-    if (c->state != CONN_OPEN || mg_buf_len(&c->out) == 0 ||
+    if (c->state != CONN_OPEN || conn_out_pending(c) == 0 ||
         conn_flush(c) != MG_AGAIN) {
         if (c->ssl != NULL && c->tls_ready && c->state == CONN_OPEN) {
             ERR_clear_error();
@@ -1134,7 +1189,7 @@ conn_api_write(struct mg_conn *c, const void *buf, size_t len)
 
     if (c->closed || c->state != CONN_OPEN)
         return MG_ERROR;
-    was_empty = mg_buf_len(&c->out) == 0;
+    was_empty = conn_out_pending(c) == 0;
     mg_buf_append(&c->out, buf, len);
     if (was_empty && (c->ssl == NULL || c->tls_ready)) {
         /* write at once: most replies fit the socket buffer */
@@ -1224,7 +1279,7 @@ conn_api_write_reply(struct mg_conn *c, const struct mg_reply *r)
 static size_t
 conn_api_write_queued(const struct mg_conn *c)
 {
-    return mg_buf_len(&c->out);
+    return conn_out_pending(c);
 }
 
 static int

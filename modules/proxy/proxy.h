@@ -23,8 +23,10 @@
 #define PROXY_UIDL_MAX   70          /* RFC 1939 §7 */
 #define PROXY_UIDLS_MAX  1000000u    /* messages in one upstream maildrop */
 #define PROXY_FLUSH      (16 * 1024) /* batch client output and store pieces */
-#define PROXY_AHEAD      2           /* messages read ahead at most */
-#define PROXY_TOP_WHOLE  1000000u    /* TOP n m: m this large reads it all */
+#define PROXY_AHEAD      3           /* messages read ahead at most */
+#define PROXY_PIPE       2 /* of them awaited at once (PIPELINING upstream) */
+#define PROXY_UPQ_CLIENT 0xff     /* proxy_session.upq: the client's command */
+#define PROXY_TOP_WHOLE  1000000u /* TOP n m: m this large reads it all */
 
 /** The module's state in one generation. */
 struct proxy_state {
@@ -146,7 +148,7 @@ struct proxy_rec {
  * recorded while the client is busy with the one before it. */
 enum proxy_pf_state {
     PF_IDLE = 0,
-    PF_READING, /* its RETR is the upstream's reply in progress */
+    PF_READING, /* its RETR is sent, the reply in progress or queued */
     PF_READY,   /* in memory; its copy committing or durable (done) */
 };
 
@@ -157,6 +159,7 @@ struct proxy_prefetch {
     bool mid_line; /* inside a long line */
     bool unusable; /* -ERR, over the limit or not recorded: dropped */
     bool done;     /* its copy is durable */
+    bool held;     /* complete; its commit waits to go with the next one */
     char *data;    /* the reply as the client gets it: status line, data
                     * lines, the "." added when it is sent */
     size_t len, cap;
@@ -205,6 +208,10 @@ struct proxy_session {
     struct proxy_rec rec;
     struct proxy_prefetch pf[PROXY_AHEAD];
     uint32_t pf_last; /* the last message read ahead (0: none yet) */
+    /* the upstream's commands awaiting replies, in the order sent (POP3
+     * answers in order): a slot of pf, or PROXY_UPQ_CLIENT (up_busy) */
+    uint8_t upq[PROXY_AHEAD + 1];
+    uint8_t nupq;
     uint64_t rec_seq;
     size_t dpend; /* upstream data bytes to consume before the next read */
     const char *up_gone; /* why the upstream connection ended */
@@ -257,6 +264,9 @@ int proxy_record_begin(struct proxy_session *s, struct proxy_rec *r,
  * proxy_relay_resume(). */
 int proxy_record_piece(struct proxy_session *s, struct proxy_rec *r,
                        const char *data, size_t len, bool eol);
+/** Hand the pieces still buffered to the store (encrypted there), without
+ * committing: a commit held back then starts at once. */
+void proxy_record_settle(struct proxy_session *s, struct proxy_rec *r);
 /** The message is complete: flush, commit, index; proxy_relay_recorded()
  * follows. */
 void proxy_record_end(struct proxy_session *s, struct proxy_rec *r);

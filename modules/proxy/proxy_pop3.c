@@ -131,6 +131,49 @@ proxy_session_kill(struct proxy_session *s, const char *why)
     }
 }
 
+/* ------------------------------------------- the upstream's queue */
+
+/* A command went upstream for `who` (a record-ahead slot's index or
+ * PROXY_UPQ_CLIENT): its reply comes after those of the ones before. */
+void
+proxy_upq_push(struct proxy_session *s, uint8_t who)
+{
+    if (s->nupq >= sizeof(s->upq))
+        abort(); /* never: one client command, PROXY_AHEAD slots */
+    s->upq[s->nupq++] = who;
+}
+
+/* Who the upstream's next reply is for: a slot, PROXY_UPQ_CLIENT, or -1
+ * when nothing is awaited. */
+int
+proxy_upq_head(const struct proxy_session *s)
+{
+    return s->nupq > 0 ? s->upq[0] : -1;
+}
+
+/* The reply at the head is complete; an idle upstream has no reply
+ * timeout (the client's idle time rules). */
+void
+proxy_upq_pop(struct proxy_session *s)
+{
+    if (s->nupq == 0)
+        return;
+    memmove(s->upq, s->upq + 1, --s->nupq);
+    if (s->nupq == 0 && s->up != NULL)
+        proxy_conn(s)->set_timeouts(s->up, 0, 0);
+}
+
+/* Commands read ahead that are awaited. */
+unsigned
+proxy_upq_ahead(const struct proxy_session *s)
+{
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < s->nupq; i++)
+        n += s->upq[i] != PROXY_UPQ_CLIENT;
+    return n;
+}
+
 /* ---------------------------------------------------------- output */
 
 /* Write what is queued for the client; s->blocked when it is behind. */

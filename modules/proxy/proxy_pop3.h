@@ -48,6 +48,15 @@ void proxy_out_flush(struct proxy_session *s);
 /** A status line for the client, written at once. */
 void proxy_out_reply(struct proxy_session *s, const char *fmt, ...)
     MG_PRINTF(2, 3);
+/** The upstream's queue of commands awaiting replies (s->upq): a command
+ * went upstream for `who` (a slot of s->pf or PROXY_UPQ_CLIENT); who the
+ * next reply is for (-1: none); that reply is complete; how many of the
+ * awaited ones are read ahead. More than one is awaited only at an
+ * upstream that announced PIPELINING. */
+void proxy_upq_push(struct proxy_session *s, uint8_t who);
+int proxy_upq_head(const struct proxy_session *s);
+void proxy_upq_pop(struct proxy_session *s);
+unsigned proxy_upq_ahead(const struct proxy_session *s);
 
 /* ------------------------------------------------ proxy_pop3_relay.c */
 
@@ -63,6 +72,8 @@ struct proxy_prefetch *proxy_pf_reading(struct proxy_session *s);
 struct proxy_prefetch *proxy_pf_ready(struct proxy_session *s, uint32_t n);
 /** A copy read ahead still being committed (any message when n is 0). */
 bool proxy_pf_committing(struct proxy_session *s, uint32_t n);
+/** Start the commits held back to share one with the next message's. */
+void proxy_pf_commit_held(struct proxy_session *s);
 /** Forget a message read ahead; a copy already committed stays. */
 void proxy_pf_drop(struct proxy_session *s, struct proxy_prefetch *pf);
 /** Read ahead from message n on, if the upstream is idle, a slot is free

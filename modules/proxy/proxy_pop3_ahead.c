@@ -7,13 +7,19 @@
  * session, not yet recorded and within the limit), keeps it in memory and
  * records it at once, so its commit runs while the client is still busy
  * with n. The client's RETR n + 1 is then answered from memory, its "."
- * once that copy is durable. A client command waits until the upstream
- * has sent all of the message being read ahead, except a DELE of a
- * message whose copy is durable: it is sent behind that RETR at once
- * (POP3 answers in order), and reading further ahead waits for its
- * answer. A message read ahead that the client
- * never asks for stays recorded: it is in the user's mailbox at the
- * upstream, and archiving it early loses nothing.
+ * once that copy is durable. At an upstream that announced PIPELINING
+ * the RETR of the next message goes as soon as the upstream has begun
+ * to answer the one before (at most PROXY_PIPE awaited), so that the
+ * upstream never idles for a proxy round trip; elsewhere one command at
+ * a time. The upstream's replies come in the order of s->upq. A client
+ * command waits until the upstream has sent all of the messages being
+ * read ahead, except a DELE of a message whose copy is durable at a
+ * PIPELINING upstream: it is sent behind them at once (POP3 answers in
+ * order), and the next RETR read ahead may follow it. A copy read ahead
+ * may hold its commit back to share one disk commit with the next
+ * (pf_hold). A message read ahead that the client never asks for stays
+ * recorded: it is in the user's mailbox at the upstream, and archiving
+ * it early loses nothing.
  *
  * The relay (proxy_pop3_relay.c) calls in here between the client's
  * commands; up to PROXY_AHEAD messages are held (s->pf).
@@ -28,15 +34,14 @@
 
 #include "proxy_pop3.h"
 
-/* The slot whose message the upstream is sending, or NULL. */
+/* The slot whose message the upstream is sending (or sends next), or
+ * NULL when the upstream's next reply is not for one. */
 struct proxy_prefetch *
 proxy_pf_reading(struct proxy_session *s)
 {
-    for (size_t i = 0; i < PROXY_AHEAD; i++) {
-        if (s->pf[i].state == PF_READING)
-            return &s->pf[i];
-    }
-    return NULL;
+    int head = proxy_upq_head(s);
+
+    return head >= 0 && head != PROXY_UPQ_CLIENT ? &s->pf[head] : NULL;
 }
 
 /* The message n read ahead completely, or NULL. */
@@ -68,7 +73,7 @@ proxy_pf_drop(struct proxy_session *s, struct proxy_prefetch *pf)
 {
     proxy_record_abort(s, &pf->rec);
     pf->state = PF_IDLE;
-    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
+    pf->in_data = pf->mid_line = pf->unusable = pf->done = pf->held = false;
     pf->len = 0;
     if (pf->cap > 4 * PROXY_DATA_LINE) { /* keep only a small buffer */
         free(pf->data);
@@ -87,16 +92,29 @@ pf_cap_max(const struct proxy_session *s)
            PROXY_DATA_LINE + 3;
 }
 
-/* Read ahead from message n on, if the upstream is idle, a slot is free
- * and n qualifies (else n + 1 … while they are merely recorded already). */
+/* A RETR read ahead may go upstream now: the upstream is idle, or it
+ * announced PIPELINING and fewer than PROXY_PIPE are awaited, and the
+ * client's command is none, a RETR (relayed, or from memory waiting for
+ * its commit) or a DELE: nothing that must go upstream after it. */
+static bool
+pf_may_send(const struct proxy_session *s)
+{
+    if (s->cmd != PC_NONE && s->cmd != PC_RETR && s->cmd != PC_DELE)
+        return false;
+    if (s->nupq == 0)
+        return true;
+    return s->caps.pipelining && proxy_upq_ahead(s) < PROXY_PIPE;
+}
+
+/* Read ahead message n, if the upstream may take its RETR now (see
+ * pf_may_send), a slot is free and n qualifies. */
 void
 proxy_pf_start(struct proxy_session *s, uint32_t n)
 {
     struct proxy_prefetch *pf = NULL;
 
     if (s->st->prefetch_max == 0 || s->up == NULL || s->dead || s->closing ||
-        s->up_busy || !s->have_uidls || s->sizes == NULL ||
-        proxy_pf_reading(s) != NULL)
+        !s->have_uidls || s->sizes == NULL || !pf_may_send(s))
         return;
     for (size_t i = 0; i < PROXY_AHEAD; i++) {
         if (s->pf[i].state == PF_IDLE)
@@ -114,8 +132,9 @@ proxy_pf_start(struct proxy_session *s, uint32_t n)
     s->pf_last = n;
     pf->state = PF_READING;
     pf->msgno = n;
-    pf->in_data = pf->mid_line = pf->unusable = pf->done = false;
+    pf->in_data = pf->mid_line = pf->unusable = pf->done = pf->held = false;
     pf->len = 0;
+    proxy_upq_push(s, (uint8_t)(pf - s->pf));
     proxy_upstream_send(s, "RETR %u", (unsigned)n);
 }
 
@@ -182,25 +201,70 @@ client_waits(struct proxy_session *s)
     return n > 0 && !proxy_relay_next_local(s);
 }
 
+/* Start the commits held back to share one with the next message's. */
+void
+proxy_pf_commit_held(struct proxy_session *s)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && s->pf[i].held) {
+            s->pf[i].held = false;
+            proxy_record_end(s, &s->pf[i].rec); /* proxy_relay_recorded */
+            if (s->dead)
+                return;
+        }
+    }
+}
+
+/* Commit pf's copy right behind the one held back, if any. */
+static void
+pf_commit_with_held(struct proxy_session *s, struct proxy_prefetch *pf)
+{
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        if (s->pf[i].state == PF_READY && s->pf[i].held)
+            proxy_session_log(s, MG_LOG_DEBUG,
+                              "messages %u and %u read ahead: their commits "
+                              "go together",
+                              (unsigned)s->pf[i].msgno, (unsigned)pf->msgno);
+    }
+    proxy_pf_commit_held(s);
+    if (!s->dead) /* proxy_relay_recorded follows */
+        proxy_record_end(s, &pf->rec);
+}
+
+/* Message pf has come whole: hold its commit back so that it shares one
+ * disk commit (the store's writer takes both at once) with the next
+ * message read ahead, when the client will first ask for another message
+ * in memory (so there is time: the next one comes while the client reads
+ * that one) and the next one may be read ahead. Whatever needs the copy
+ * first (the client's RETR, DELE or QUIT, the upstream's loss or refusal
+ * of the next one) commits it at once. */
+static bool
+pf_hold(struct proxy_session *s, const struct proxy_prefetch *pf)
+{
+    uint32_t next = pf->msgno + 1;
+    bool before = false;
+
+    for (size_t i = 0; i < PROXY_AHEAD; i++) {
+        const struct proxy_prefetch *o = &s->pf[i];
+
+        if (o->state == PF_READY && o->held)
+            return false; /* that one goes now, with this one */
+        if (o != pf && o->state == PF_READY && o->msgno < pf->msgno)
+            before = true;
+    }
+    return before && next <= s->nuidls && s->uidls[next - 1] != NULL &&
+           s->sizes[next - 1] <= s->st->prefetch_max &&
+           (s->gone == NULL || !s->gone[next - 1]);
+}
+
 /* Read further ahead after the last message read ahead, if any. */
 void
 proxy_pf_continue(struct proxy_session *s)
 {
-    if (s->pf_last > 0 && s->cmd == PC_NONE && !client_waits(s))
+    if (s->pf_last > 0 && !client_waits(s))
         proxy_pf_start(s, s->pf_last + 1);
 }
 
-/* The upstream has sent all of a message read ahead: the next one. */
-static void
-pf_upstream_idle(struct proxy_session *s, uint32_t n)
-{
-    if (s->up != NULL && !s->up_busy)
-        proxy_conn(s)->set_timeouts(s->up, 0, 0);
-    if (!client_waits(s))
-        proxy_pf_start(s, n + 1);
-}
-
-/* One step of reading ahead; false to stop for now. */
 /* An upstream read for message pf that gave no line: wait for more
  * (MG_AGAIN), or, if the upstream broke the protocol, lose the message
  * and end the session. Always false: the step cannot go on. */
@@ -230,30 +294,40 @@ proxy_pf_step(struct proxy_session *s, struct proxy_prefetch *pf)
         if (r != MG_OK)
             return pf_read_failed(s, pf, r);
         if (p[0] != '+') { /* the client's own RETR will hear why */
+            proxy_upq_pop(s);
             proxy_pf_drop(s, pf);
-            if (s->up != NULL)
-                proxy_conn(s)->set_timeouts(s->up, 0, 0);
-            return true;
+            proxy_pf_commit_held(s); /* nothing to share a commit with */
+            return !s->dead;
         }
         /* the reply as the client gets it, in one piece */
         pf_keep(s, pf, p, len, true);
         pf->in_data = true;
-        return true;
+        /* a PIPELINING upstream gets the next RETR now: it starts on it
+         * once this one is sent, without waiting for the proxy */
+        proxy_pf_continue(s);
+        return !s->dead;
     }
     r = proxy_upstream_piece(s, &p, &len, &eol);
     if (r != MG_OK)
         return pf_read_failed(s, pf, r);
     if (!pf->mid_line && eol && len == 1 && p[0] == '.') {
-        uint32_t n = pf->msgno;
-
+        proxy_upq_pop(s);
         if (pf->unusable) {
             proxy_pf_drop(s, pf);
+            proxy_pf_commit_held(s);
         } else {
             pf->state = PF_READY;
-            proxy_record_end(s, &pf->rec); /* proxy_relay_recorded follows */
+            /* its last piece encrypted first: a commit held back and
+             * this one's then reach the store's writer together */
+            proxy_record_settle(s, &pf->rec);
+            if (pf_hold(s, pf)) {
+                pf->held = true;
+            } else {
+                pf_commit_with_held(s, pf);
+            }
         }
         if (!s->dead)
-            pf_upstream_idle(s, n);
+            proxy_pf_continue(s);
         return !s->dead;
     }
     stuffed = !pf->mid_line && len > 0 && p[0] == '.';
@@ -278,6 +352,7 @@ proxy_pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
 {
     struct proxy_rec tmp;
     uint32_t last = pf->msgno;
+    bool held = pf->held;
 
     s->msgno = pf->msgno;
     proxy_out_flush(s);
@@ -300,6 +375,11 @@ proxy_pf_serve(struct proxy_session *s, struct proxy_prefetch *pf)
         s->record = true;
         s->in_data = true;
         proxy_pf_drop(s, pf);
+        if (held) { /* its commit was held back: it goes now */
+            proxy_record_end(s, &s->rec); /* proxy_relay_recorded follows */
+            if (s->dead)
+                return;
+        }
     }
     for (size_t i = 0; i < PROXY_AHEAD; i++) {
         if (s->pf[i].state != PF_IDLE && s->pf[i].msgno > last)

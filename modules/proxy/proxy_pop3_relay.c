@@ -1,7 +1,9 @@
 /*
  * modules/proxy/proxy_pop3_relay.c -- the POP3 proxy's relay of the
  * client's commands to the upstream, one at a time, once the login is
- * done (proxy_pop3.c hands the session over).
+ * done (proxy_pop3.c hands the session over). The upstream may have
+ * RETRs read ahead outstanding before (and after) the client's command:
+ * s->upq says whose reply comes next.
  *
  * The client's commands are parsed and written anew (never forwarded as
  * sent), upstream status lines are bounded and checked, data lines of any
@@ -87,6 +89,7 @@ up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
         return;
     }
     s->up_busy = true;
+    proxy_upq_push(s, PROXY_UPQ_CLIENT);
     if (nargs == 0)
         proxy_upstream_send(s, "%s", verb);
     else if (nargs == 1)
@@ -95,20 +98,28 @@ up_cmd(struct proxy_session *s, enum proxy_cmd cmd, const char *verb, int nargs,
         proxy_upstream_send(s, "%s %u %u", verb, (unsigned)a, (unsigned)b);
 }
 
+/* The upstream's reply to the client's command is complete (it is the
+ * head of the upstream's queue while up_busy). */
+static void
+up_answered(struct proxy_session *s)
+{
+    if (s->up_busy) {
+        s->up_busy = false;
+        proxy_upq_pop(s);
+    }
+}
+
 /* The client's command is answered: the next one may come, and reading
  * ahead may go on meanwhile. */
 static void
 relay_finish(struct proxy_session *s)
 {
+    up_answered(s);
     s->cmd = PC_NONE;
     s->in_data = false;
     s->mid_line = false;
     s->record = false;
-    s->up_busy = false;
     s->top_whole = false;
-    /* the client's idle time rules */
-    if (s->up != NULL && proxy_pf_reading(s) == NULL)
-        proxy_conn(s)->set_timeouts(s->up, 0, 0);
     proxy_pf_continue(s);
 }
 
@@ -150,6 +161,9 @@ relay_pf_wait(struct proxy_session *s, uint32_t n, char then)
             proxy_pf_drop(s, pf); /* deleted: nobody will RETR it */
         return false;
     }
+    proxy_pf_commit_held(s);
+    if (s->dead)
+        return true;
     s->cmd = PC_PFWAIT;
     s->pf_then = then;
     s->msgno = n;
@@ -271,7 +285,7 @@ relay_data_end(struct proxy_session *s, bool fwd)
     bool retr = s->cmd == PC_RETR || (s->cmd == PC_MULTI && s->top_whole);
     uint32_t next = s->msgno + 1;
 
-    s->up_busy = false;
+    up_answered(s);
     if (s->record) {
         proxy_out_flush(s);
         proxy_record_end(s, &s->rec); /* proxy_relay_recorded follows */
@@ -329,6 +343,9 @@ relay_upstream_line(struct proxy_session *s)
         return !s->blocked;
     }
     ok = line[0] == '+';
+    if (!ok ||
+        (s->cmd != PC_MULTI && s->cmd != PC_RETR && s->cmd != PC_DELE_RETR))
+        up_answered(s); /* a one-line reply */
     if (fwd || !ok)
         proxy_out_line(s, line, len);
     switch (s->cmd) {
@@ -395,17 +412,17 @@ proxy_relay_next_local(struct proxy_session *s)
     return relay_next_is(s, "RETR", &msgno) && proxy_pf_ready(s, msgno) != NULL;
 }
 
-/* The client's next command is DELE of a message whose copy is durable:
- * it may go upstream behind the message being read ahead (POP3 answers in
- * order), so its answer follows that message's end without a round trip
- * of its own. */
+/* The client's next command is DELE of a message whose copy is durable
+ * and the upstream announced PIPELINING: it may go upstream behind the
+ * messages being read ahead (POP3 answers in order), so its answer
+ * follows theirs without a round trip of its own. */
 static bool
 relay_next_dele_ready(struct proxy_session *s)
 {
     uint32_t msgno;
 
-    return relay_next_is(s, "DELE", &msgno) && !proxy_pf_committing(s, msgno) &&
-           proxy_record_have(s, msgno);
+    return s->caps.pipelining && relay_next_is(s, "DELE", &msgno) &&
+           !proxy_pf_committing(s, msgno) && proxy_record_have(s, msgno);
 }
 
 static void
@@ -421,13 +438,17 @@ relay_pump(struct proxy_session *s)
                 continue;
             if (!s->dead && s->cmd == PC_NONE && !s->blocked &&
                 (proxy_relay_next_local(s) || relay_next_dele_ready(s)) &&
-                relay_client_line(s))
-                continue; /* answered from memory, or sent on, meanwhile */
+                relay_client_line(s)) {
+                /* answered from memory, or sent on: the next RETR read
+                 * ahead may go behind it */
+                proxy_pf_continue(s);
+                continue;
+            }
             if (!s->dead)
                 proxy_out_flush(s);
             return;
         }
-        if (s->cmd == PC_NONE) {
+        if (s->cmd == PC_NONE && s->nupq == 0) {
             proxy_out_flush(s);
             if (s->closing) {
                 proxy_out_reply(s,
@@ -543,8 +564,15 @@ proxy_relay_upstream_event(struct proxy_session *s, enum mg_conn_event ev)
                                            : "closed the connection";
         if (s->cmd == PC_QUIT)
             return;
-        if (proxy_pf_reading(s) != NULL)
-            proxy_pf_lost(s, proxy_pf_reading(s));
+        /* every message read ahead that had not come whole is lost */
+        for (uint8_t i = 0; i < s->nupq; i++) {
+            if (s->upq[i] != PROXY_UPQ_CLIENT)
+                proxy_pf_lost(s, &s->pf[s->upq[i]]);
+        }
+        s->nupq = 0;
+        proxy_pf_commit_held(s); /* nothing follows them now */
+        if (s->dead)
+            return;
         if (s->up_busy) { /* the client's command waits for it */
             s->failures++;
             if (!s->in_data)

@@ -318,9 +318,20 @@ record_commit(struct proxy_session *s, struct proxy_rec *r)
 }
 
 void
+proxy_record_settle(struct proxy_session *s, struct proxy_rec *r)
+{
+    if (r->w != NULL && !r->wait)
+        (void)record_flush(s, r); /* MG_AGAIN: record_resume takes it on */
+}
+
+void
 proxy_record_end(struct proxy_session *s, struct proxy_rec *r)
 {
     r->commit = true; /* the end is in flight from here */
+    if (r->wait) {
+        r->end = true; /* the piece the store refused goes first */
+        return;
+    }
     if (record_flush(s, r) == MG_AGAIN) {
         r->end = true; /* record_resume commits */
         return;

@@ -160,8 +160,8 @@ def test_lines_of_any_length(gateway, dovecot, certs, monkeypatch, ahead):
 
 
 class TlsUpstream(OneShotServer):
-    """A POP3 upstream with STLS (the test CA's certificate) that holds
-    two messages and breaks off in the middle of RETR 2 -- or, with hold,
+    """A POP3 upstream with STLS (the test CA's certificate) and
+    PIPELINING that holds two messages and breaks off in the middle of RETR 2 -- or, with hold,
     stops in the middle of it until the next command has come (a client
     pipelining behind it), then sends the rest and answers that."""
 
@@ -184,7 +184,8 @@ class TlsUpstream(OneShotServer):
             cmd = line.strip().upper()
             self.commands.append(cmd)
             if cmd == b"CAPA":
-                c.sendall(b"+OK\r\nUSER\r\nSTLS\r\nUIDL\r\nTOP\r\n.\r\n")
+                c.sendall(b"+OK\r\nUSER\r\nSTLS\r\nUIDL\r\nTOP\r\n"
+                          b"PIPELINING\r\n.\r\n")
             elif cmd == b"STLS":
                 c.sendall(b"+OK go\r\n")
                 c = self.ctx.wrap_socket(c, server_side=True)
