@@ -125,7 +125,7 @@ TESTS += tests/fuzz/run-corpus-session.sh
 tests_fuzz_fuzz_session_SOURCES = tests/fuzz/fuzz_session.c \
 	tests/fuzz/fuzz_replay.c tests/fuzz/fuzz_replay.h \
 	$(MG_FUZZ_STORE_SOURCES)
-tests_fuzz_fuzz_session_CPPFLAGS = $(AM_CPPFLAGS) -DMG_FUZZ_KDF_MIN \
+tests_fuzz_fuzz_session_CPPFLAGS = $(AM_CPPFLAGS) -DMG_FUZZ_KDF_MIN -DMG_FUZZ_OWN_MAIN \
 	-DMG_FUZZ_SMTP_SO='"$(abs_top_builddir)/modules/smtp/.libs/smtp.so"' \
 	-DMG_FUZZ_POP3_SO='"$(abs_top_builddir)/modules/pop3/.libs/pop3.so"'
 tests_fuzz_fuzz_session_CFLAGS = $(MG_TOOL_CFLAGS)

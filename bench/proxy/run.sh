@@ -77,27 +77,7 @@ STREAM=${STREAM:-1}
 STREAM_PID=
 STREAM_TARGETS=
 if [ "$STREAM" = 1 ]; then
-    mod=/usr/lib/nginx/modules/ngx_stream_module.so
-    [ -f "$mod" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnginx-mod-stream >/dev/null
-    mkdir -p "$WORK/stream"
-    cat >"$WORK/stream/nginx.conf" <<NGX
-load_module $mod;
-worker_processes auto;
-pid $WORK/stream/nginx.pid;
-error_log $WORK/stream/error.log warn;
-events { worker_connections 1024; }
-stream {
-  tcp_nodelay on;
-  server { listen 127.0.0.1:2628; proxy_pass 127.0.0.1:1110; }
-  server {
-    listen 127.0.0.1:2629; proxy_pass 127.0.0.1:1995;
-    proxy_ssl on; proxy_ssl_verify on; proxy_ssl_name localhost;
-    proxy_ssl_trusted_certificate $CA; proxy_ssl_session_reuse on;
-  }
-}
-NGX
-    nginx -c "$WORK/stream/nginx.conf" -p "$WORK/stream" </dev/null
-    STREAM_PID=$(cat "$WORK/stream/nginx.pid")
+    bench_nginx_stream "$WORK/stream" "$CA" 2628:1110 2629:1995:tls
     STREAM_TARGETS=",stream-plain=2628:plain:peer,stream-tls=2629:plain:peer"
 fi
 

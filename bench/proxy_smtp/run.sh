@@ -203,26 +203,8 @@ SINK=$!
 
 # the stream relay: plain on STREAM_PORT, verified TLS to UP_TLS_PORT
 if [ "$STREAM" = 1 ]; then
-    mod=/usr/lib/nginx/modules/ngx_stream_module.so
-    [ -f "$mod" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q libnginx-mod-stream >/dev/null
-    mkdir -p "$WORK/stream"
-    cat >"$WORK/stream/nginx.conf" <<NGX
-load_module $mod;
-worker_processes auto;
-pid $WORK/stream/nginx.pid;
-error_log $WORK/stream/error.log warn;
-events { worker_connections 1024; }
-stream {
-  tcp_nodelay on;
-  server {
-    listen 127.0.0.1:$STREAM_PORT; proxy_pass 127.0.0.1:$UP_TLS_PORT;
-    proxy_ssl on; proxy_ssl_verify on; proxy_ssl_name localhost;
-    proxy_ssl_trusted_certificate $T/ca.pem; proxy_ssl_session_reuse on;
-  }
-}
-NGX
-    nginx -c "$WORK/stream/nginx.conf" -p "$WORK/stream" </dev/null
-    NGINX=$(cat "$WORK/stream/nginx.pid")
+    bench_nginx_stream "$WORK/stream" "$T/ca.pem" "$STREAM_PORT:$UP_TLS_PORT:tls"
+    NGINX=$STREAM_PID
 fi
 
 # mailgate: smtp (STARTTLS) and the proxy module trusting the CA made here

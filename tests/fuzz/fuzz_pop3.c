@@ -145,11 +145,3 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     fuzz_stuff(data, size);
     return 0;
 }
-
-#ifndef MG_LIBFUZZER
-int
-main(int argc, char **argv)
-{
-    return fuzz_replay_files(argc, argv);
-}
-#endif

@@ -75,11 +75,3 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(buf);
     return 0;
 }
-
-#ifndef MG_LIBFUZZER
-int
-main(int argc, char **argv)
-{
-    return fuzz_replay_files(argc, argv);
-}
-#endif

@@ -53,3 +53,13 @@ fuzz_replay_files(int argc, char **argv)
     }
     return 0;
 }
+
+#ifndef MG_FUZZ_OWN_MAIN
+/* The replay is the whole program; a target that sets up more (the
+ * session target) has a main of its own. */
+int
+main(int argc, char **argv)
+{
+    return fuzz_replay_files(argc, argv);
+}
+#endif
