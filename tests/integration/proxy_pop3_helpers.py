@@ -5,6 +5,7 @@ user%server%mailbox, and the recorded copies read back with mg-dump."""
 import os
 import poplib
 import re
+import time
 
 import pytest
 
@@ -63,6 +64,18 @@ def proxy_login(d, certs, name, password=DOVECOT_PASS):
 def retr(p, n):
     resp, lines, octets = p.retr(n)
     return b"".join(l + b"\r\n" for l in lines)
+
+
+def retr_dele_all(p, n, pause=0.0):
+    """RETR i, DELE i for i = 1 .. n (the bench's and most clients'
+    order), `pause` seconds after each; the messages as received."""
+    got = []
+    for i in range(1, n + 1):
+        got.append(retr(p, i))
+        assert p.dele(i).startswith(b"+OK")
+        if pause:
+            time.sleep(pause)
+    return got
 
 
 RECEIVED = re.compile(rb"^Received: [^\r]*\r\n(?:[ \t][^\r]*\r\n)*")

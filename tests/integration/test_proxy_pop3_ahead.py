@@ -18,7 +18,7 @@ from conftest import failsync_env
 from dovecot_helpers import OneShotServer
 from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_pop3_helpers import (crlf, login_name, mailbox_create, proxy_login,
-                                recorded, retr, sample_messages,
+                                recorded, retr, retr_dele_all, sample_messages,
                                 strip_received)
 
 AHEAD = {"prefetch_max_size": 1048576}
@@ -41,10 +41,7 @@ def test_retr_dele_sequence(gateway, dovecot, certs, ahead):
     d = gateway(proxy=AHEAD if ahead else OFF)
     mb = mailbox_create(d)
     p = proxy_login(d, certs, login_name(dv.port, mb))
-    got = []
-    for i in range(1, 13):
-        got.append(retr(p, i))
-        assert p.dele(i).startswith(b"+OK")
+    got = retr_dele_all(p, 12)
     assert p.quit().startswith(b"+OK")
     assert sorted(got) == sorted(crlf(m) for m in msgs)
     assert bodies(d, mb) == sorted(got)

@@ -18,7 +18,7 @@ import pytest
 from dovecot_helpers import OneShotServer
 from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_pop3_helpers import (crlf, login_name, mailbox_create, proxy_login,
-                                recorded, retr, sample_messages,
+                                recorded, retr, retr_dele_all, sample_messages,
                                 strip_received)
 
 AHEAD = {"prefetch_max_size": 1048576}
@@ -150,10 +150,7 @@ def test_pipelining_only_when_announced(gateway, certs, test_ca, pipelining):
         d = gateway(proxy=AHEAD)
         mb = mailbox_create(d)
         p = proxy_login(d, certs, login_name(up.port, mb))
-        got = []
-        for i in range(1, 6):
-            got.append(retr(p, i))
-            assert p.dele(i).startswith(b"+OK")
+        got = retr_dele_all(p, 5)
         assert p.quit().startswith(b"+OK")
     finally:
         up.close()

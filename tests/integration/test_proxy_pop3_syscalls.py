@@ -8,13 +8,12 @@ writer takes both at once), and a message of several TLS records goes
 to the client in one write, not one per record."""
 
 import re
-import time
 
 import pytest
 
 from proxy_pop3_helpers import *  # noqa: F401,F403 (fixtures)
 from proxy_pop3_helpers import (crlf, login_name, mailbox_create, proxy_login,
-                                recorded, retr, sample_messages)
+                                recorded, retr_dele_all, sample_messages)
 from test_ack_order import Strace
 
 N = 12
@@ -31,12 +30,8 @@ def _traced_session(gateway, dovecot, certs, tmp_path, size):
     p = proxy_login(d, certs, login_name(dv.port, mb))
     tracer = Strace(d.pid, str(tmp_path / "proxy.strace"))
     try:
-        got = []
-        for i in range(1, N + 1):
-            got.append(retr(p, i))
-            assert p.dele(i).startswith(b"+OK")
-            # time for the next messages to come and be recorded
-            time.sleep(0.15)
+        # time after each for the next messages to come and be recorded
+        got = retr_dele_all(p, N, pause=0.15)
     finally:
         events = tracer.stop()
     assert p.quit().startswith(b"+OK")
