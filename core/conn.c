@@ -1276,10 +1276,16 @@ conn_api_write_reply(struct mg_conn *c, const struct mg_reply *r)
     return ret;
 }
 
+/* The records in the TLS write buffer count as written, like bytes in
+ * the socket's buffer: back-pressure (MG_AGAIN from write, DRAINED, a
+ * module's check of this against the same mark) rests on the queue
+ * alone. Counting them here let a module see more than CONN_OUT_HIWAT
+ * queued after a write that never said MG_AGAIN, and wait for a DRAINED
+ * that never came (a POP3 session that stopped reading for good). */
 static size_t
 conn_api_write_queued(const struct mg_conn *c)
 {
-    return conn_out_pending(c);
+    return mg_buf_len(&c->out);
 }
 
 static int

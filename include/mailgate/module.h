@@ -204,7 +204,9 @@ struct mg_conn_api {
      * nothing written, for a code outside 200..599 or a control character
      * (CR, LF, …) in a line or the enhanced code. */
     int (*write_reply)(struct mg_conn *c, const struct mg_reply *r);
-    /** Bytes queued and not yet written. */
+    /** Bytes queued and not yet handed to TLS or the socket: more than
+     * the write mark only after a write said MG_AGAIN (MG_CONN_DRAINED
+     * follows). */
     size_t (*write_queued)(const struct mg_conn *c);
     /** Server side: queue nothing more, discard buffered input (it came
      * before the handshake: CVE-2011-0411) and start TLS. MG_CONN_TLS_READY

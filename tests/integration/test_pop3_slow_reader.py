@@ -95,3 +95,53 @@ def test_stalled_retr_pins_no_snapshot(make_pop3, certs):
     assert strip_trace(lines) == msg
     s.sendall(b"QUIT\r\n")
     assert f.readline().startswith(b"+OK")
+
+
+def _message(size, tag):
+    line = b"x" * 74 + b"\r\n"
+    return (b"Subject: slow %s\r\n\r\n" % tag.encode() +
+            line * (size // len(line)))
+
+
+@pytest.mark.watchdog(150)
+def test_slow_reader_gets_the_reply_after_each_message(make_pop3, certs):
+    """A client that reads slowly, over TLS, with a command pipelined
+    behind each RETR of messages larger than every buffer on the way (so
+    they stay full): the command is answered once the message is out,
+    wherever the message ends relative to the output marks. (The records
+    TLS holds for the socket once counted as queued output: past the mark
+    with no write ever refused, the session waited for a "drained" event
+    that never came, and stopped reading for good.)"""
+    d = make_pop3()
+    box = mailbox_create(d, name="Slow")
+    sizes = [5_000_000 + 23_000 * i for i in range(12)]
+    deliver(d, box, [_message(n, str(i)) for i, n in enumerate(sizes)], certs)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    s.settimeout(20)
+    s.connect(("127.0.0.1", d.pop3s_port))
+    s = tls_client_ctx(certs).wrap_socket(s, server_hostname="localhost")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    s.sendall(b"USER %s\r\nPASS %s\r\n" % (box["id"].encode(),
+                                           box["password"].encode()))
+    assert f.readline().startswith(b"+OK")
+    assert f.readline().startswith(b"+OK")
+    for i in range(1, len(sizes) + 1):
+        s.sendall(b"RETR %d\r\nNOOP\r\n" % i)
+        data = b""
+        while b"\r\n.\r\n" not in data:
+            chunk = f.read1(16384)
+            assert chunk, (i, len(data))
+            data += chunk
+            time.sleep(0.001)  # slower than the server: its buffers fill
+        end = data.index(b"\r\n.\r\n") + 5
+        assert data.startswith(b"+OK") and end >= sizes[i - 1]
+        rest = data[end:]
+        while b"\r\n" not in rest:  # the NOOP's reply
+            chunk = f.read1(16384)
+            assert chunk, (i, rest)
+            rest += chunk
+        assert rest.startswith(b"+OK") and rest.endswith(b"\r\n"), (i, rest)
+    s.sendall(b"QUIT\r\n")
+    assert f.readline().startswith(b"+OK")
