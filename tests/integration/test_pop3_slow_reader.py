@@ -43,6 +43,23 @@ def _churn_round(d, box, certs, tag):
     p.quit()
 
 
+def _slow_tls_reader(d, box, certs, rcvbuf, timeout):
+    """An archiver over implicit TLS with a small receive buffer, logged
+    in to box: its socket and a reader of it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(timeout)
+    s.connect(("127.0.0.1", d.pop3s_port))
+    s = tls_client_ctx(certs).wrap_socket(s, server_hostname="localhost")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"+OK")
+    s.sendall(b"USER %s\r\n" % box["id"].encode())
+    assert f.readline().startswith(b"+OK")
+    s.sendall(b"PASS %s\r\n" % box["password"].encode())
+    assert f.readline().startswith(b"+OK")
+    return s, f
+
+
 @pytest.mark.watchdog(150)
 def test_stalled_retr_pins_no_snapshot(make_pop3, certs):
     d = make_pop3()
@@ -53,17 +70,7 @@ def test_stalled_retr_pins_no_snapshot(make_pop3, certs):
 
     # the archiver: a small receive buffer, RETR, a few bytes read, then
     # it stops reading
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.settimeout(30)
-    s.connect(("127.0.0.1", d.pop3s_port))
-    s = tls_client_ctx(certs).wrap_socket(s, server_hostname="localhost")
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"USER %s\r\n" % reader_box["id"].encode())
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"PASS %s\r\n" % reader_box["password"].encode())
-    assert f.readline().startswith(b"+OK")
+    s, f = _slow_tls_reader(d, reader_box, certs, 4096, 30)
     s.sendall(b"RETR 1\r\n")
     assert f.readline().startswith(b"+OK")
     early = f.read(10000)
@@ -116,17 +123,7 @@ def test_slow_reader_gets_the_reply_after_each_message(make_pop3, certs):
     box = mailbox_create(d, name="Slow")
     sizes = [5_000_000 + 23_000 * i for i in range(12)]
     deliver(d, box, [_message(n, str(i)) for i, n in enumerate(sizes)], certs)
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-    s.settimeout(20)
-    s.connect(("127.0.0.1", d.pop3s_port))
-    s = tls_client_ctx(certs).wrap_socket(s, server_hostname="localhost")
-    f = s.makefile("rb")
-    assert f.readline().startswith(b"+OK")
-    s.sendall(b"USER %s\r\nPASS %s\r\n" % (box["id"].encode(),
-                                           box["password"].encode()))
-    assert f.readline().startswith(b"+OK")
-    assert f.readline().startswith(b"+OK")
+    s, f = _slow_tls_reader(d, box, certs, 8192, 20)
     for i in range(1, len(sizes) + 1):
         s.sendall(b"RETR %d\r\nNOOP\r\n" % i)
         data = b""
